@@ -1,0 +1,1 @@
+"""Prefect flows, the pipelines.yaml loader and the ``cifar`` command line."""
