@@ -1,0 +1,155 @@
+"""The decoded-dataset cache: uint8 ``.npy`` arrays plus a manifest, published atomically.
+
+Layout of ``<data_dir>/datasets/<fingerprint>/``::
+
+    x_train.npy (N,H,W,C) uint8   y_train.npy (N,) uint8
+    x_test.npy  (M,H,W,C) uint8   y_test.npy  (M,) uint8
+    manifest.json   written last: the commit point. It records the source, the archive
+                    checksum, classes, per-class counts, shapes and the sha256 of every array.
+
+Readers memory-map the arrays, so loading is near-instant and never copies the data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.common import atomic_write_json, read_json, sha256_file
+
+FORMAT_VERSION = 1
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What the download stage hands on: small, picklable, enough to find and trust the data."""
+
+    fingerprint: str
+    path: str  # the cache folder
+    classes: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    train_size: int
+    test_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+    manifest: dict[str, Any]
+
+
+def _counts(y: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(classes))
+    return {c: int(n) for c, n in zip(classes, counts)}
+
+
+def write_dataset_cache(
+    out_dir: str | os.PathLike,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: list[str] | tuple[str, ...],
+    meta: dict[str, Any],
+) -> DatasetRecord:
+    """Write arrays and manifest into a temp folder beside ``out_dir``, then rename it into place.
+
+    ``meta`` (source, archive_sha256, format, ...) is merged into the manifest. A crash leaves no
+    ``out_dir``; an existing complete ``out_dir`` is replaced only by a complete one.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    classes = tuple(classes)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    for name, arr in arrays.items():
+        if arr.dtype != np.uint8:
+            raise TypeError(f"{name} must be uint8, got {arr.dtype}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        files = {}
+        for name, arr in arrays.items():
+            p = tmp / f"{name}.npy"
+            with open(p, "wb") as f:
+                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            files[f"{name}.npy"] = sha256_file(p)
+        manifest = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "fingerprint": out_dir.name,
+            "classes": list(classes),
+            "shapes": {name: list(arr.shape) for name, arr in arrays.items()},
+            "counts": {"train": _counts(y_train, classes), "test": _counts(y_test, classes)},
+            "files": files,
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record_from_manifest(out_dir, manifest)
+
+
+def record_from_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> DatasetRecord:
+    shapes = manifest["shapes"]
+    return DatasetRecord(
+        fingerprint=manifest["fingerprint"],
+        path=str(path),
+        classes=tuple(manifest["classes"]),
+        input_shape=tuple(shapes["x_train"][1:]),
+        train_size=shapes["x_train"][0],
+        test_size=shapes["x_test"][0],
+    )
+
+
+def cache_problems(path: str | os.PathLike, verify_checksums: bool = True) -> list[str]:
+    """Why the cache folder cannot be trusted (empty list: it can). Checks every file's sha256."""
+    path = Path(path)
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        return [f"{mf} is missing"]
+    try:
+        manifest = read_json(mf)
+    except ValueError as exc:
+        return [f"{mf} is not valid JSON: {exc}"]
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return [f"{mf}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}"]
+    problems = []
+    for name, digest in manifest.get("files", {}).items():
+        p = path / name
+        if not p.is_file():
+            problems.append(f"{p} is missing")
+        elif verify_checksums and sha256_file(p) != digest:
+            problems.append(f"{p} was altered (sha256 differs from the manifest)")
+    return problems
+
+
+def load_dataset(path: str | os.PathLike, mmap: bool = True) -> Dataset:
+    """Open a verified cache folder; arrays are memory-mapped (read-only) unless ``mmap=False``."""
+    path = Path(path)
+    manifest = read_json(path / "manifest.json")
+    mode = "r" if mmap else None
+    arrays = {n: np.load(path / f"{n}.npy", mmap_mode=mode, allow_pickle=False) for n in ARRAYS}
+    return Dataset(**arrays, classes=tuple(manifest["classes"]), manifest=manifest)
