@@ -5,9 +5,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 # A GPU machine (nvidia-smi finds one) gets the CUDA build of TensorFlow.
+comma  := ,
 GPU    := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu)
 EXTRAS := test$(if $(GPU),$(comma)$(GPU))
-comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 PIPELINE ?= train
 # Offline by default: Prefect never calls home.
@@ -35,7 +35,7 @@ browser:
 	  echo "installing Debian's chromium for the report browser test"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
-	  || echo "could not install chromium: the browser test will be skipped"; }
+	  || echo "could not install chromium: the report's browser test will fail until it is installed"; }
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest

@@ -143,6 +143,12 @@ def _convert(tp: Any, value: Any, keypath: str, problems: list[str]) -> Any:
         return [_convert(item_tp, v, f"{keypath}[{i}]", problems) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return build(tp, value, keypath, problems)
+    if tp is float and isinstance(value, str):
+        # PyYAML reads `1e-4` (no dot) as a string; accept what is plainly a number
+        try:
+            return float(value)
+        except ValueError:
+            pass
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -171,20 +177,29 @@ def build(cls: type, data: Any, keypath: str, problems: list[str], **fixed: Any)
                 f"{keypath}.{key}: unknown key; valid keys here: {', '.join(fields)}"
             )
     kwargs: dict[str, Any] = dict(fixed)
+    failed: set[str] = set()
     for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], f"{keypath}.{name}", problems)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            n = len(problems)
+            value = _convert(hints[name], data[name], f"{keypath}.{name}", problems)
+            if len(problems) == n:
+                kwargs[name] = value
+                continue
+            failed.add(name)
+            if required:
+                return None
+        elif required:
             problems.append(f"{keypath}.{name}: required key is missing ({_type_name(hints[name])})")
-    if len(problems) > before:
-        return None
+            return None
+    # Cross-field checks still run when some fields were wrong (those fall back to their
+    # defaults, and checks about them are not repeated), so one pass reports everything.
     obj = cls(**kwargs)
     if hasattr(obj, "problems"):
         for sub, msg in obj.problems():
-            problems.append(f"{keypath}.{sub}: {msg}")
-        if len(problems) > before:
-            return None
-    return obj
+            if sub.split(".")[0].split("[")[0] not in failed:
+                problems.append(f"{keypath}.{sub}: {msg}")
+    return None if len(problems) > before else obj
 
 
 # --------------------------------------------------------------------------- overrides
@@ -214,26 +229,61 @@ def _apply(raw: dict, pipeline: str | None, overrides: dict[str, Any], problems:
         parts = dotted.split(".")
         if parts[0] in TOP_LEVEL or parts[0] == "pipelines":
             target, path = raw, parts
-        elif pipeline is None:
-            problems.append(f"--set {dotted}: a pipeline setting needs a pipeline to apply to")
+        else:
+            # a pipeline setting: for the chosen pipeline, or for every one (e.g. `cifar check`)
+            pipes = raw.get("pipelines")
+            if not isinstance(pipes, dict):
+                continue  # reported by the loader
+            names = [pipeline] if pipeline is not None else list(pipes)
+            for name in names:
+                if not isinstance(pipes.get(name), dict):
+                    pipes[name] = {}
+                _set_path(pipes[name], parts, dotted, copy.deepcopy(value), problems)
             continue
-        else:
-            pipes = raw.setdefault("pipelines", {}) or {}
-            target, path = pipes.setdefault(pipeline, {}) or {}, parts
-            pipes[pipeline] = target
-        for part in path[:-1]:
-            nxt = target.get(part)
-            if nxt is None:
-                nxt = target[part] = {}
-            if not isinstance(nxt, dict):
-                problems.append(f"--set {dotted}: {part!r} is not a mapping")
-                break
-            target = nxt
-        else:
-            target[path[-1]] = value
+        _set_path(target, path, dotted, value, problems)
+
+
+def _set_path(target: dict, path: list[str], dotted: str, value: Any, problems: list[str]) -> None:
+    for part in path[:-1]:
+        nxt = target.get(part)
+        if nxt is None:
+            nxt = target[part] = {}
+        if not isinstance(nxt, dict):
+            problems.append(f"--set {dotted}: {part!r} is not a mapping")
+            return
+        target = nxt
+    target[path[-1]] = value
 
 
 # --------------------------------------------------------------------------- loading
+def _unalias(obj: Any) -> Any:
+    """A tree copy without YAML anchor sharing, so an override of one pipeline's aliased block
+    (``training: *notebook``) does not leak into the others (deepcopy would keep the sharing)."""
+    if isinstance(obj, dict):
+        return {k: _unalias(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unalias(v) for v in obj]
+    return obj
+
+
+def _resolve_local(source: str, base: Path) -> str:
+    if "://" in source:
+        return source
+    p = Path(os.path.expandvars(source)).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve_sources(cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    """Local dataset paths are relative to the config file, like data_dir."""
+    ds = cfg.dataset
+    ds = dataclasses.replace(
+        ds,
+        source=_resolve_local(ds.source, base) if ds.source else None,
+        mirrors=[_resolve_local(m, base) for m in ds.mirrors],
+    )
+    return dataclasses.replace(cfg, dataset=ds)
+
+
 def load_settings(
     path: str | os.PathLike = DEFAULT_CONFIG,
     overrides: dict[str, Any] | None = None,
@@ -252,7 +302,7 @@ def load_settings(
         raise ConfigError([f"not valid YAML: {exc}"], src) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"expected a mapping at the top level, got {type(raw).__name__}"], src)
-    raw = copy.deepcopy(raw)
+    raw = _unalias(raw)
     problems: list[str] = []
     _apply(raw, pipeline, overrides or {}, problems)
 
@@ -278,7 +328,7 @@ def load_settings(
                 continue
             cfg = build(PipelineConfig, body, f"pipelines.{name}", problems, name=name)
             if cfg is not None:
-                pipelines[name] = cfg
+                pipelines[name] = _resolve_sources(cfg, path.parent)
     if pipeline is not None and isinstance(pipes_raw, dict) and pipeline not in pipes_raw:
         problems.append(f"no pipeline named {pipeline!r}; pipelines in this file: {', '.join(map(str, pipes_raw))}")
     if problems:

@@ -1,0 +1,256 @@
+"""``cifar``: the command line. Thin: it parses, calls flows or stage functions, prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Never call home, before Prefect is imported anywhere (users run this on offline clusters).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from flows.config import DEFAULT_CONFIG, Settings, load_settings, parse_set  # noqa: E402
+from tasks.common import CifarError  # noqa: E402
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                   help="pipelines file (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, typed like the file: a key inside the pipeline "
+                        "(training.epochs=1, dataset.limit_train=500) or a top-level one "
+                        "(data_dir=/big/disk/cifar); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cifar",
+        description="CIFAR-10 training pipelines on Prefect: download -> validate -> train -> "
+                    "save -> report, every slow step cached.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a whole pipeline in this process (embedded Prefect API "
+                                   "unless PREFECT_API_URL is set)")
+    p.add_argument("pipeline", help="pipeline name in the config file")
+    p.add_argument("--force", action="store_true", help="retrain even if a model for the same inputs exists")
+    _common(p)
+
+    p = sub.add_parser("data", help="download, cache and validate a pipeline's data; print a summary")
+    p.add_argument("pipeline")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _common(p)
+
+    p = sub.add_parser("check", help="validate the config file and print its pipelines")
+    _common(p)
+
+    p = sub.add_parser("serve", help="serve one deployment per pipeline (with schedules) on a Prefect server")
+    p.add_argument("--pipeline", action="append", dest="only", metavar="NAME",
+                   help="serve only these pipelines (repeatable; default: all)")
+    _common(p)
+
+    p = sub.add_parser("deploy", help="register the deployments to a Prefect work pool (scale-out)")
+    p.add_argument("--pool", required=True, help="work pool name (process, docker or kubernetes)")
+    p.add_argument("--pipeline", action="append", dest="only", metavar="NAME")
+    p.add_argument("--queue", default=None, help="work queue within the pool")
+    p.add_argument("--image", default=None, help="container image for docker/kubernetes pools")
+    _common(p)
+
+    p = sub.add_parser("runs", help="list registered runs (newest first)")
+    p.add_argument("pipeline", nargs="?", help="only this pipeline")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _common(p)
+
+    p = sub.add_parser("report", help="regenerate a run's report (and the index) without retraining")
+    p.add_argument("run", help="a run folder, or a run id (searched under artifacts_dir)")
+    _common(p)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+def _settings(args, pipeline: str | None = None) -> Settings:
+    return load_settings(args.config, parse_set(args.overrides), pipeline)
+
+
+def cmd_check(args) -> int:
+    settings = _settings(args)
+    print(f"{settings.config_path}: OK")
+    print(f"  data_dir      {settings.data_dir}")
+    print(f"  artifacts_dir {settings.artifacts_dir}")
+    for name, p in settings.pipelines.items():
+        sched = f"cron '{p.schedule.cron}' {p.schedule.timezone}" if p.schedule else "no schedule"
+        limits = "" if p.dataset.limit_train is None else f" limit {p.dataset.limit_train}/{p.dataset.limit_test}"
+        print(f"  {name:<12} {p.model} on {p.dataset.format}{limits}, {p.training.epochs} epoch(s), "
+              f"batch {p.training.batch_size}; {sched}")
+        if p.expect:
+            print(f"  {'':<12} expect: {p.expect}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    overrides = parse_set(args.overrides)
+    settings = load_settings(args.config, overrides, args.pipeline)  # fail fast, before Prefect starts
+    p = settings.pipeline(args.pipeline)
+    from prefect import tags
+
+    from flows.cifar import cifar
+
+    with tags(f"pipeline:{p.name}", f"model:{p.model}"):
+        summary = cifar(pipeline=args.pipeline, overrides=overrides, force=args.force,
+                        config=str(settings.config_path))
+    verdict = "promoted to champion" if summary["promoted"] else "not promoted"
+    print(f"{p.name}: test accuracy {summary['test_accuracy']:.4f} ({verdict}: {summary['promotion_reason']})")
+    print(f"index:  {summary['index']}")
+    print(summary["report"])  # the last line printed is the report's path
+    return 0
+
+
+def cmd_data(args) -> int:
+    overrides = parse_set(args.overrides)
+    settings = load_settings(args.config, overrides, args.pipeline)
+    from flows.cifar import cifar_data
+
+    summary = cifar_data(pipeline=args.pipeline, overrides=overrides, config=str(settings.config_path))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_data_summary(summary))
+    return 0
+
+
+def format_data_summary(summary: dict[str, Any]) -> str:
+    ds, val = summary["dataset"], summary["validation"]
+    lines = [
+        f"pipeline {summary['pipeline']}: dataset {ds['fingerprint']} at {ds['path']}",
+        f"  {ds['train_size']:,} train + {ds['test_size']:,} test images of shape "
+        f"{tuple(ds['input_shape'])}, {len(ds['classes'])} classes",
+    ]
+    counts = val.get("counts", {})
+    if counts:
+        lines.append(f"  {'class':<14}{'train':>8}{'test':>8}")
+        for cls in ds["classes"]:
+            lines.append(f"  {cls:<14}{counts.get('train', {}).get(cls, 0):>8}{counts.get('test', {}).get(cls, 0):>8}")
+    if "channel_mean" in val:
+        fmt = lambda xs: "[" + ", ".join(f"{x:.4f}" for x in xs) + "]"  # noqa: E731
+        lines.append(f"  channel mean {fmt(val['channel_mean'])}  std {fmt(val['channel_std'])}")
+    if "train_test_duplicates" in val:
+        lines.append(f"  images in both train and test: {val['train_test_duplicates']}")
+    checks = val.get("checks", [])
+    passed = sum(1 for c in checks if c.get("passed"))
+    lines.append(f"  validation: {passed}/{len(checks)} checks passed")
+    for c in checks:
+        lines.append(f"    [{'ok' if c.get('passed') else 'FAIL'}] {c.get('name')}: {c.get('detail', '')}")
+    for stage, t in summary.get("stages", {}).items():
+        lines.append(f"  {stage}: {t['seconds']:.2f} s{' (cached)' if t['cache_hit'] else ''}")
+    return "\n".join(lines)
+
+
+def cmd_runs(args) -> int:
+    settings = _settings(args)
+    from tasks.store import format_runs_table, list_runs
+
+    rows = list_runs(str(settings.artifacts_dir), args.pipeline)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        print(f"no runs yet under {settings.artifacts_dir}" + (f" for {args.pipeline}" if args.pipeline else ""))
+    else:
+        print(format_runs_table(rows))
+    return 0
+
+
+def cmd_report(args) -> int:
+    settings = _settings(args)
+    from tasks.report import regenerate
+
+    run_dir = _find_run(Path(args.run), settings.artifacts_dir)
+    report, index = regenerate(str(run_dir), str(settings.artifacts_dir))
+    print(f"index:  {index}")
+    print(report)
+    return 0
+
+
+def _find_run(run: Path, artifacts_dir: Path) -> Path:
+    if (run / "metadata.json").is_file():
+        return run.resolve()
+    matches = sorted(artifacts_dir.glob(f"*/runs/{run.name}"))
+    matches = [m for m in matches if (m / "metadata.json").is_file()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CifarError(f"no run {str(run)!r}: give a run folder or an id listed by `cifar runs` "
+                         f"(searched {artifacts_dir}/*/runs/)")
+    raise CifarError(f"run id {run.name!r} matches several runs: {', '.join(map(str, matches))}; give the folder")
+
+
+def cmd_serve(args) -> int:
+    from flows.deploy import serve
+
+    settings = _settings(args)
+    serve(settings, args.only)
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from flows.deploy import deploy
+
+    settings = _settings(args)
+    for line in deploy(settings, args.pool, args.only, queue=args.queue, image=args.image):
+        print(line)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "data": cmd_data, "check": cmd_check, "serve": cmd_serve,
+    "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report,
+}
+
+
+class _NoTracebackForExpected(logging.Filter):
+    """Prefect logs a failed task's exception with its traceback; for expected failures
+    (CifarError: a bad download, a refused archive, a failed validation) the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CifarError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_expected_tracebacks() -> None:
+    flt = _NoTracebackForExpected()
+    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", "prefect.task_engine",
+                 "prefect.flow_engine", ""):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(flt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import prefect  # noqa: F401  (configures Prefect's logging, which we then adjust)
+
+        _quiet_expected_tracebacks()
+        return COMMANDS[args.command](args)
+    except CifarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ImportError as exc:
+        if exc.name and exc.name.startswith("tasks.") or "cannot import name" in str(exc):
+            print(f"error: `cifar {args.command}` needs a stage that has not landed yet ({exc})",
+                  file=sys.stderr)
+            return 3
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

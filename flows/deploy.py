@@ -1,0 +1,106 @@
+"""Deployments of flow ``cifar``: one per pipeline, served here or registered to a work pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flows.config import PipelineConfig, Settings
+from tasks.common import CifarError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+ENTRYPOINT = "flows/cifar.py:cifar"
+
+
+class NeedsServer(CifarError):
+    pass
+
+
+def api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def require_server(what: str) -> str:
+    """Schedules and workers need a real Prefect server: the embedded API runs no scheduler."""
+    url = api_url()
+    if not url:
+        raise NeedsServer(
+            f"{what} needs a Prefect server, but PREFECT_API_URL is not set, so Prefect would use "
+            "its temporary embedded API, which runs no scheduler and disappears with this process.\n"
+            "To resolve this:\n"
+            "  1. start a server:        prefect server start    (in another shell)\n"
+            "  2. point this shell at it: prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+            f"  3. run `cifar {what.split()[-1]}` again."
+        )
+    return url
+
+
+def selected(settings: Settings, only: list[str] | None) -> list[PipelineConfig]:
+    if only:
+        missing = [n for n in only if n not in settings.pipelines]
+        if missing:
+            raise CifarError(f"{settings.config_path}: no pipeline named {', '.join(map(repr, missing))}; "
+                             f"pipelines in this file: {', '.join(settings.pipelines)}")
+        return [settings.pipelines[n] for n in only]
+    return list(settings.pipelines.values())
+
+
+def deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str, Any]:
+    """What every deployment of a pipeline carries, served or pooled (pure; tested)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import CronSchedule
+
+    kwargs: dict[str, Any] = {
+        "name": p.name,
+        "parameters": {"pipeline": p.name, "config": str(config_path)},
+        "description": p.description or None,
+        "tags": [f"pipeline:{p.name}", f"model:{p.model}"],
+        # one active run per deployment; a second trigger waits in the queue
+        "concurrency_limit": ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
+    }
+    if p.schedule:
+        kwargs["schedules"] = [CronSchedule(cron=p.schedule.cron, timezone=p.schedule.timezone)]
+    return kwargs
+
+
+def serve(settings: Settings, only: list[str] | None = None) -> None:
+    """Serve every pipeline as a deployment of flow ``cifar`` (blocks until interrupted)."""
+    url = require_server("cifar serve")
+    from prefect import serve as prefect_serve
+
+    from flows.cifar import cifar
+
+    deployments = [cifar.to_deployment(**deployment_kwargs(p, settings.config_path))
+                   for p in selected(settings, only)]
+    print(f"serving {len(deployments)} deployment(s) on {url}: "
+          + ", ".join(f"cifar/{d.name}" for d in deployments))
+    print("run one with:  prefect deployment run cifar/<pipeline> --watch")
+    prefect_serve(*deployments, print_starting_message=False)
+
+
+def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
+           queue: str | None = None, image: str | None = None) -> list[str]:
+    """Register the same deployments to a work pool; its workers run them (scale-out)."""
+    require_server("cifar deploy")
+    from flows.cifar import cifar
+
+    lines = []
+    if image:
+        source_flow = cifar
+    else:
+        # Workers on this machine (or a shared file system) run the flow from this checkout.
+        source_flow = cifar.from_source(source=str(PROJECT_DIR), entrypoint=ENTRYPOINT)
+    for p in selected(settings, only):
+        kwargs = deployment_kwargs(p, settings.config_path)
+        dep_id = source_flow.deploy(
+            work_pool_name=pool, work_queue_name=queue, image=image,
+            build=False, push=False, print_next_steps=False, **kwargs,
+        )
+        lines.append(f"registered cifar/{p.name} to work pool {pool!r} ({dep_id})")
+    lines.append(f"start a worker with:  prefect worker start --pool {pool}")
+    lines.append("then run:             prefect deployment run cifar/<pipeline> --watch")
+    return lines

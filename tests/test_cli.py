@@ -1,0 +1,91 @@
+"""The `cifar` command as a user meets it: real subprocesses, exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flows.cli import build_parser, format_data_summary
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR = [sys.executable, "-m", "flows.cli"]
+
+
+def cifar(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PREFECT_API_URL": "", **(env or {})}
+    return subprocess.run([*CIFAR, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_check_prints_the_shipped_pipelines():
+    r = cifar("check")
+    assert r.returncode == 0, r.stderr
+    assert "pipelines.yaml: OK" in r.stdout
+    assert "train " in r.stdout and "cron '0 3 * * 1' UTC" in r.stdout
+    assert "smoke " in r.stdout and "limit 2000/500, 1 epoch(s)" in r.stdout
+
+
+def test_check_on_a_broken_file_lists_every_problem_and_exits_2(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text(textwrap.dedent("""
+        pipelines:
+          a: {training: {epochs: many}, model: vgg}
+          b: {dataset: {source: "https://example.org/x.tgz"}, schedule: {cron: "not a cron"}}
+    """))
+    r = cifar("check", "--config", str(bad))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert str(bad) in r.stderr and "4 problem(s)" in r.stderr
+    for key in ("pipelines.a.training.epochs", "pipelines.a.model", "pipelines.b.dataset.source",
+                "pipelines.b.schedule.cron"):
+        assert key in r.stderr
+
+
+def test_set_is_type_checked_and_shown(tmp_path):
+    r = cifar("check", "--set", "training.epochs=3")
+    assert r.returncode == 0 and "3 epoch(s)" in r.stdout
+    r = cifar("check", "--set", "training.batch_size=big")
+    assert r.returncode == 2 and "training.batch_size: expected an integer, got 'big'" in r.stderr
+    r = cifar("check", "--set", "nonsense")
+    assert r.returncode == 2 and "expected KEY=VALUE" in r.stderr
+
+
+def test_unknown_pipeline_is_a_clear_error():
+    r = cifar("run", "nope")
+    assert r.returncode == 2 and "no pipeline named 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_refuses_the_embedded_api_and_says_how_to_start_a_server():
+    r = cifar("serve")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "prefect server start" in r.stderr and "PREFECT_API_URL" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "data", "check", "serve", "deploy", "runs", "report"])
+def test_every_command_has_help_with_config_and_set(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config FILE" in out and "--set KEY=VALUE" in out
+
+
+def test_data_summary_formatting():
+    text = format_data_summary({
+        "pipeline": "p",
+        "dataset": {"fingerprint": "f00", "path": "/d", "train_size": 4, "test_size": 2,
+                    "input_shape": [32, 32, 3], "classes": ["cat", "dog"]},
+        "validation": {"counts": {"train": {"cat": 2, "dog": 2}, "test": {"cat": 1, "dog": 1}},
+                       "channel_mean": [0.5, 0.25, 0.125], "channel_std": [0.1, 0.2, 0.3],
+                       "train_test_duplicates": 0,
+                       "checks": [{"name": "scaled range", "passed": True, "detail": "min 0 max 1"}]},
+        "stages": {"download": {"seconds": 0.5, "cache_hit": True}},
+    })
+    assert "4 train + 2 test images of shape (32, 32, 3), 2 classes" in text
+    assert "  cat                  2       1" in text
+    assert "channel mean [0.5000, 0.2500, 0.1250]" in text
+    assert "1/1 checks passed" in text and "download: 0.50 s (cached)" in text
