@@ -1,0 +1,333 @@
+"""End to end with real processes: a Prefect server, `cifar serve`, a process worker, the CLI.
+
+Nothing is mocked. One `prefect server start` (temporary PREFECT_HOME, SQLite) serves the whole
+module; the dataset is a tiny CIFAR-10 binary archive on a loopback HTTP server in this process;
+every other piece is the command a user types, run as a subprocess:
+
+    cifar serve --config T/pipelines.yaml                  (one deployment per pipeline)
+    prefect deployment run cifar/e2e --watch               (cold run, then cached reruns)
+    prefect deployment inspect cifar/e2e                   (the cron schedule)
+    prefect work-pool create P --type process; prefect worker start --pool P
+    cifar deploy --pool P --config T/pipelines.yaml; prefect deployment run cifar/e2e-pool --watch
+
+Every process runs in its own process group and is stopped (SIGTERM, then SIGKILL) by the fixture
+that started it, pass or fail; each one's output is a file in tmp_path whose tail is printed when
+a test fails. Run with: .venv/bin/pytest -m e2e tests/test_e2e.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Procs, exe, prefect_env, prefect_server, tail
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+
+CRON = "0 3 * * 1"  # Monday 03:00 UTC, as in pipelines.yaml: never due during a test
+# Task runs (by name prefix) that a rerun with nothing changed must serve from the cache.
+CACHED_STAGES = ("fetch", "decode", "validate", "train")
+UUID_RE = re.compile(r"UUID:\s*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+
+
+# --------------------------------------------------------------------------- tiny archive
+# (until tests/archives.py lands: the official cifar-10-binary layout, written directly)
+def tiny_cifar10_binary(path: Path, train_per_batch: int = 30, test: int = 60, seed: int = 0) -> Path:
+    """cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin + batches.meta.txt, class-balanced
+    random images: each record is 1 label byte + 3,072 pixel bytes (R, G, B planes of 32x32)."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def batch(n: int) -> bytes:
+        labels = np.arange(n, dtype=np.uint8) % 10
+        pixels = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        return np.concatenate([labels[:, None], pixels], axis=1).tobytes()
+
+    members = {f"data_batch_{i}.bin": batch(train_per_batch) for i in range(1, 6)}
+    members["test_batch.bin"] = batch(test)
+    members["batches.meta.txt"] = ("\n".join(classes) + "\n\n").encode()
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@contextlib.contextmanager
+def serve_files(root: Path):
+    """A loopback HTTP server for the files under ``root``: yields (base URL, request log)."""
+    import functools
+    import http.server
+    import threading
+
+    log: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            log.append(f"GET {self.path} {self.headers.get('Range') or ''}".strip())
+            super().do_GET()
+
+        def do_HEAD(self):
+            log.append(f"HEAD {self.path}")
+            super().do_HEAD()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", log
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(api_url, home): a real Prefect server for the module; stopped at the end, pass or fail."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    home = root / "home"
+    home.mkdir()
+    with Procs(root / "logs") as procs:
+        # A run refused by the deployment concurrency limit is retried after this many seconds
+        # (default 30): keeps the "second trigger waits" check short.
+        with prefect_server(procs, home, timeout=180,
+                            PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2") as url:
+            yield url, home
+        log = procs.logs[0]
+    print(f"prefect server log ({log}):\n{tail(log, 30)}")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A tiny cifar10-binary archive served on loopback: (url, sha256, request log)."""
+    root = tmp_path_factory.mktemp("archive")
+    path = tiny_cifar10_binary(root / "cifar-10-binary.tar.gz", train_per_batch=30, test=60)
+    with serve_files(root) as (base_url, requests):
+        yield f"{base_url}/{path.name}", path, requests
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, archive):
+    """pipelines.yaml with two tiny pipelines sharing one data_dir/artifacts_dir."""
+    url, path, _ = archive
+    from tasks.common import sha256_file
+
+    root = tmp_path_factory.mktemp("project")
+    (root / "pipelines.yaml").write_text(f"""\
+data_dir: data
+artifacts_dir: artifacts
+pipelines:
+  e2e:
+    description: end-to-end test pipeline (served)
+    expect: a few seconds
+    dataset: &tiny
+      format: cifar10-binary
+      source: {url}
+      sha256: {sha256_file(path)}
+      limit_train: 100
+      limit_test: 50
+      retries: 1
+    model: seed_cnn
+    training: &one {{epochs: 1, batch_size: 32}}
+    schedule: {{cron: "{CRON}", timezone: UTC}}
+  e2e-pool:
+    description: end-to-end test pipeline (work pool)
+    dataset: *tiny
+    model: seed_cnn
+    training: *one
+    schedule: {{cron: "{CRON}", timezone: UTC}}
+""")
+    return root
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Processes this test starts; all stopped at teardown. Their logs' tails print on failure
+    (pytest shows a test's captured teardown output only when it failed)."""
+    p = Procs(tmp_path / "logs")
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        print(p.report())
+
+
+# --------------------------------------------------------------------------- helpers
+def client_env(server, **extra):
+    url, home = server
+    return prefect_env(home, url, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+                       **extra)
+
+
+def prefect_client(server):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(api=server[0])
+
+
+def trigger(procs, server, deployment, name, timeout=300, watch=True):
+    """`prefect deployment run <deployment> --watch`; returns (flow run id, CompletedProcess)."""
+    argv = [exe("prefect"), "deployment", "run", deployment]
+    if watch:
+        argv += ["--watch", "--watch-timeout", str(timeout - 20)]
+    res = procs.run(name, argv, client_env(server), timeout=timeout, check=False)
+    m = UUID_RE.search(res.stdout)
+    assert m, f"no flow run id in the output of {' '.join(argv)}:\n{res.stdout}"
+    return uuid.UUID(m.group(1)), res
+
+
+def task_states(client, flow_run_id) -> dict[str, str]:
+    """{task run name: state name} for one flow run."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+def stage_states(states: dict[str, str]) -> dict[str, list[str]]:
+    return {s: [v for k, v in states.items() if s in k.lower()] for s in CACHED_STAGES}
+
+
+def run_seconds(fr) -> float:
+    return (fr.end_time - fr.start_time).total_seconds()
+
+
+def run_folders(project, pipeline) -> list[Path]:
+    return sorted((project / "artifacts" / pipeline / "runs").glob("*/metadata.json"))
+
+
+def metadata_for(project, pipeline, flow_run_id) -> dict:
+    for meta in run_folders(project, pipeline):
+        data = json.loads(meta.read_text())
+        if data.get("flow_run_id") == str(flow_run_id):
+            return data | {"_dir": str(meta.parent)}
+    raise AssertionError(f"no run folder under {project}/artifacts/{pipeline}/runs for flow run "
+                         f"{flow_run_id}: {[str(m.parent) for m in run_folders(project, pipeline)]}")
+
+
+# --------------------------------------------------------------------------- tests
+def test_served_deployment_runs_caches_and_is_scheduled(server, archive, project, procs):
+    _, _, requests = archive
+    config = project / "pipelines.yaml"
+    env = client_env(server, PREFECT_RUNNER_POLL_FREQUENCY="1")
+
+    serve = procs.start("cifar-serve", [exe("cifar"), "serve", "--config", str(config),
+                                        "--pipeline", "e2e"], env, cwd=project)
+    serve.wait_for_output("serving 1 deployment(s)", timeout=90)
+
+    # The deployment exists with its cron schedule and bound parameters.
+    deadline = time.monotonic() + 60
+    while True:
+        inspect = procs.run("deployment-inspect", [exe("prefect"), "deployment", "inspect", "cifar/e2e"],
+                            client_env(server), timeout=60, check=False)
+        if inspect.returncode == 0 or time.monotonic() > deadline or not serve.alive():
+            break
+        time.sleep(1)
+    assert inspect.returncode == 0, inspect.stdout
+    assert f"'cron': '{CRON}'" in inspect.stdout, inspect.stdout
+    assert "'timezone': 'UTC'" in inspect.stdout, inspect.stdout
+    assert "'pipeline': 'e2e'" in inspect.stdout and str(config) in inspect.stdout, inspect.stdout
+
+    # 1) Cold run: downloads, trains, saves, reports.
+    first_id, first = trigger(procs, server, "cifar/e2e", "run-1")
+    assert first.returncode == 0 and "Completed" in first.stdout, first.stdout
+    n_requests = len(requests)
+    assert n_requests >= 1, "the cold run never downloaded the archive"
+
+    with prefect_client(server) as client:
+        fr1 = client.read_flow_run(first_id)
+        assert fr1.state.is_completed(), fr1.state
+        assert fr1.name.startswith("e2e · "), fr1.name
+        assert {"pipeline:e2e", "model:seed_cnn"} <= set(fr1.tags), fr1.tags
+        cold = stage_states(task_states(client, first_id))
+        assert all(cold.values()), f"a stage's task run is missing: {cold}"
+        assert "Cached" not in cold["train"], f"the cold run did not train: {cold}"
+
+    meta1 = metadata_for(project, "e2e", first_id)
+    assert Path(meta1["_dir"], "report.html").is_file()
+    assert (project / "artifacts" / "index.html").is_file()
+    assert meta1["stages"]["train"]["cache_hit"] is False, meta1["stages"]
+
+    # 2) Two near-simultaneous triggers: both served from the cache, one at a time.
+    second = procs.start("run-2", [exe("prefect"), "deployment", "run", "cifar/e2e", "--watch",
+                                   "--watch-timeout", "200"], client_env(server))
+    third_id, third = trigger(procs, server, "cifar/e2e", "run-3", timeout=240)
+    procs_wait(second, 240)
+    assert second.popen.returncode == 0, second.output()
+    assert third.returncode == 0, third.stdout
+    second_id = uuid.UUID(UUID_RE.search(second.output()).group(1))
+    assert len(requests) == n_requests, f"cached reruns downloaded again: {requests[n_requests:]}"
+
+    with prefect_client(server) as client:
+        reruns = [client.read_flow_run(i) for i in (second_id, third_id)]
+        for fr in reruns:
+            assert fr.state.is_completed(), fr.state
+            states = stage_states(task_states(client, fr.id))
+            assert all(states.values()) and all(
+                v == ["Cached"] * len(v) for v in states.values()
+            ), f"flow run {fr.name}: every stage should be a cache hit: {states}"
+            assert run_seconds(fr) < run_seconds(fr1), (
+                f"a cached rerun took {run_seconds(fr):.1f} s, the cold run {run_seconds(fr1):.1f} s")
+        # Deployment concurrency limit 1: the runs never overlapped and one of them waited.
+        a, b = sorted(reruns, key=lambda fr: fr.start_time)
+        assert b.start_time >= a.end_time, (a.start_time, a.end_time, b.start_time, b.end_time)
+        waited = [fr.name for fr in reruns
+                  if any(s.name == "AwaitingConcurrencySlot" for s in client.read_flow_run_states(fr.id))]
+        assert waited, "neither concurrent trigger waited for the deployment's concurrency slot"
+
+    for fr in reruns:
+        meta = metadata_for(project, "e2e", fr.id)
+        assert Path(meta["_dir"], "report.html").is_file()
+        assert all(s["cache_hit"] for name, s in meta["stages"].items()
+                   if name in ("download", "prepare", "train")), meta["stages"]
+    print(f"cold run {run_seconds(fr1):.1f} s; cached reruns "
+          + ", ".join(f"{run_seconds(fr):.1f} s" for fr in reruns))
+    assert serve.alive(), serve.output()
+
+
+def test_work_pool_deployment_runs_on_a_worker(server, project, procs):
+    config = project / "pipelines.yaml"
+    pool = f"e2e-pool-{uuid.uuid4().hex[:6]}"
+    procs.run("work-pool-create", [exe("prefect"), "work-pool", "create", pool, "--type", "process"],
+              client_env(server), timeout=90)
+    worker = procs.start("worker", [exe("prefect"), "worker", "start", "--pool", pool],
+                         client_env(server, PREFECT_WORKER_QUERY_SECONDS="1",
+                                    PREFECT_WORKER_PREFETCH_SECONDS="5"), cwd=project)
+    deployed = procs.run("cifar-deploy", [exe("cifar"), "deploy", "--pool", pool, "--config",
+                                          str(config), "--pipeline", "e2e-pool"],
+                         client_env(server), timeout=120, cwd=project)
+    assert f"registered cifar/e2e-pool to work pool '{pool}'" in deployed.stdout, deployed.stdout
+
+    run_id, res = trigger(procs, server, "cifar/e2e-pool", "run-pool")
+    assert res.returncode == 0 and "Completed" in res.stdout, res.stdout
+    with prefect_client(server) as client:
+        fr = client.read_flow_run(run_id)
+        assert fr.state.is_completed(), fr.state
+        assert fr.work_pool_name == pool, fr.work_pool_name
+    meta = metadata_for(project, "e2e-pool", run_id)
+    assert Path(meta["_dir"], "report.html").is_file()
+    assert worker.alive(), worker.output()
+
+
+def procs_wait(proc, timeout):
+    try:
+        proc.popen.wait(timeout)
+    except Exception:
+        raise AssertionError(f"{proc.name} still running after {timeout} s:\n{tail(proc.log)}") from None
