@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, tags
-from prefect.filesystems import LocalFileSystem
 from prefect.runtime import flow_run
 
 from flows.config import DEFAULT_CONFIG, PipelineConfig, Settings, load_settings
@@ -25,8 +24,8 @@ def _local(task, data_dir: str, **options):
     """Bind a task's results and cache records to <data_dir>/prefect/, not ~/.prefect."""
     dirs = local_result_dirs(data_dir)
     return task.with_options(
-        result_storage=LocalFileSystem(basepath=str(dirs["results"])),
-        cache_policy=task.cache_policy.configure(key_storage=str(dirs["keys"])),
+        result_storage=dirs["results"],  # a Path: Prefect wraps it in a LocalFileSystem
+        cache_policy=task.cache_policy.configure(key_storage=dirs["keys"]),
         **options,
     )
 

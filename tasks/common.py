@@ -168,7 +168,9 @@ class VerifiedCache(CachePolicy):
     ``key_fn(inputs) -> str`` gives the content key (checksums and settings, never a run id or
     a path string). ``valid_fn(inputs, key) -> bool`` checks the files behind that key. A Prefect
     cache record only proves the task ran once; when the files are gone or altered, this returns
-    a never-seen key, so Prefect runs the task again and it rebuilds them.
+    a cache miss instead: the stale cache record is dropped (when the records live in a local
+    ``key_storage`` folder, as the flow sets up), or else a never-seen key is returned. Either way
+    Prefect runs the task again and it rebuilds the files.
     """
 
     key_fn: Callable[[dict[str, Any]], str] | None = None
@@ -177,9 +179,18 @@ class VerifiedCache(CachePolicy):
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
         assert self.key_fn is not None, "VerifiedCache needs a key_fn"
         key = self.key_fn(inputs)
-        if self.valid_fn is not None and not self.valid_fn(inputs, key):
-            return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"
-        return key
+        if self.valid_fn is None or self.valid_fn(inputs, key):
+            return key
+        if isinstance(self.key_storage, (str, Path)) and len(str(self.key_storage).split("/")) != 2:
+            record = Path(self.key_storage) / key
+            if record.exists():
+                get_logger().warning(
+                    "cache record %s exists but the files behind it are missing or altered: rebuilding",
+                    key,
+                )
+                record.unlink(missing_ok=True)
+            return key
+        return f"{key}-rebuild-{uuid.uuid4().hex[:12]}"
 
 
 def local_result_dirs(data_dir: str | os.PathLike) -> dict[str, Path]:
