@@ -583,7 +583,7 @@ def store_run(
             # 1. the model: copy, verify the copy against train.json, only then load it
             shutil.copyfile(tdir / "model.keras", tmp / "model.keras")
             verify_model_file(tmp / "model.keras", train_json.get("model_sha256", ""), str(tdir / "train.json"))
-            model = keras.models.load_model(tmp / "model.keras", safe_mode=True)
+            model = keras.models.load_model(tmp / "model.keras", safe_mode=True, compile=False)
 
             # 2. evaluate on the cached test split (memory-mapped), scaled as in training
             from tasks.cache import load_dataset

@@ -1,0 +1,426 @@
+"""Stage 4, saving and registering runs: real Keras models, real files, a real Prefect engine.
+
+The fixture writes the train stage's output folder itself (model.keras, history.json, train.json
+in the contract's format) and a tiny dataset cache. Besides one really trained model, "constant"
+models (zero kernels, one large output bias) always predict the same class, so their test accuracy
+is that class's share of the 20 test images: 0.50, 0.30 or 0.20. That gives the promotion tests
+scores known in advance without mocking anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tasks.train
+from tasks.cache import write_dataset_cache
+from tasks.common import sha256_file
+from tasks.prepare import scale_pixels
+from tasks.store import (
+    ModelIntegrityError,
+    PromoteConfig,
+    decide_promotion,
+    format_runs_table,
+    history_csv,
+    layer_table,
+    list_runs,
+    new_run_id,
+    per_class_metrics,
+    prune_runs,
+    save_run,
+    sha256_tree,
+    store_run,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = ("cat", "dog", "frog")
+# 20 test images: 10 cats, 6 dogs, 4 frogs -> constant predictors score 0.5 / 0.3 / 0.2
+Y_TEST = np.array([0] * 10 + [1] * 6 + [2] * 4, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class _TrainRecord:  # the contract's TrainRecord(key, path), until tasks/train.py defines it
+    key: str
+    path: str
+
+
+TrainRecord = getattr(tasks.train, "TrainRecord", _TrainRecord)
+
+
+@dataclass(frozen=True)
+class _Validation:
+    fingerprint: str
+    summary: dict
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (30, 8, 8, 3), dtype=np.uint8)
+    y_train = np.array([0, 1, 2] * 10, dtype=np.uint8)
+    x_test = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    root = tmp_path_factory.mktemp("data") / "datasets" / "fp-tiny"
+    return write_dataset_cache(
+        root, x_train, y_train, x_test, Y_TEST, CLASSES,
+        {"source": "test-fixture", "archive_sha256": "ab" * 32, "format": "test"},
+    )
+
+
+def _model():
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.Flatten()(x)
+    out = keras.layers.Dense(3, activation="softmax", name="dense")(x)
+    model = keras.Model(inp, out, name="tiny")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def write_trained(root: Path, key: str, dataset, constant: int | None = None) -> TrainRecord:
+    """The train stage's folder, as the contract defines it. ``constant``: always predict that
+    class (zero kernels, large bias); else fit one epoch on the 30 training images."""
+    import keras
+
+    from tasks.cache import load_dataset
+
+    keras.utils.set_random_seed(1)
+    model = _model()
+    ds = load_dataset(dataset.path)
+    if constant is None:
+        x = scale_pixels(np.asarray(ds.x_train))
+        mean, std = x.mean(axis=(0, 1, 2)).tolist(), x.std(axis=(0, 1, 2)).tolist()
+        fit = model.fit(scale_pixels(np.asarray(ds.x_train), mean, std), np.asarray(ds.y_train),
+                        validation_data=(scale_pixels(np.asarray(ds.x_test), mean, std), np.asarray(ds.y_test)),
+                        epochs=1, batch_size=10, verbose=0)
+        epochs = [{"epoch": 1, **{k: float(v[0]) for k, v in fit.history.items()}, "seconds": 0.5}]
+    else:
+        mean = std = None
+        dense = model.get_layer("dense")
+        bias = np.zeros(3, np.float32)
+        bias[constant] = 5.0
+        model.get_layer("conv").set_weights([np.zeros_like(w) for w in model.get_layer("conv").get_weights()])
+        dense.set_weights([np.zeros_like(dense.get_weights()[0]), bias])
+        epochs = [{"epoch": 1, "loss": 1.0, "accuracy": 0.4, "val_loss": 1.1, "val_accuracy": 0.3, "seconds": 0.5}]
+    tdir = root / "models" / key
+    tdir.mkdir(parents=True)
+    model.save(tdir / "model.keras")
+    (tdir / "history.json").write_text(json.dumps({"epochs": epochs}))
+    train_json = {
+        "key": key, "model": "tiny", "model_sha256": sha256_file(tdir / "model.keras"), "epochs": 1,
+        "seconds": 0.5, "seconds_per_epoch": 0.5, "devices": ["/physical_device:CPU:0"],
+        "strategy": "one_device", "precision": "float32", "xla": False, "resumed_from_epoch": None,
+        "preprocess": {"mean": mean, "std": std}, "params": model.count_params(),
+        "config": {"epochs": 1, "batch_size": 10}, "completed_at": "2026-01-01T00:00:00+00:00",
+    }
+    (tdir / "train.json").write_text(json.dumps(train_json))
+    return TrainRecord(key=key, path=str(tdir))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, dataset):
+    root = tmp_path_factory.mktemp("train")
+    out = {"fit": write_trained(root, "k-fit", dataset)}
+    for c in range(3):
+        out[f"const{c}"] = write_trained(root, f"k-const{c}", dataset, constant=c)
+    out["const2b"] = write_trained(root, "k-const2b", dataset, constant=2)
+    return out
+
+
+def pipeline_dict(name="tiny", keep_last=None, min_delta=0.002):
+    return {
+        "name": name, "description": "test", "expect": "", "dataset": {"format": "test"},
+        "prepare": {"standardize": True}, "model": "tiny", "training": {"epochs": 1},
+        "promote": {"metric": "test_accuracy", "direction": "max", "min_delta": min_delta},
+        "keep_last": keep_last, "report": {}, "schedule": None,
+    }
+
+
+STAGES = {"download": {"seconds": 0.1, "cache_hit": True}, "prepare": {"seconds": 0.2, "cache_hit": False},
+          "train": {"seconds": 3.0, "cache_hit": False}}
+
+
+def save(artifacts, dataset, trained, **pipe):
+    validation = _Validation(dataset.fingerprint, {"checks": [], "train_test_duplicates": 0})
+    return store_run(pipeline_dict(**pipe), dataset, validation, trained, STAGES, "flow-run-1", str(artifacts))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, dataset, models):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    return artifacts, save(artifacts, dataset, models["fit"])
+
+
+# --------------------------------------------------------------------------- pure functions
+CFG = PromoteConfig(metric="test_accuracy", direction="max", min_delta=0.002)
+CHAMP = {"run_id": "20260101-000000-aaaaaa", "metric": "test_accuracy", "value": 0.701}
+
+
+def test_first_run_is_promoted():
+    d = decide_promotion(0.5, None, None, CFG)
+    assert d["promoted"] and d["reason"] == "first run of this pipeline" and d["champion_before"] is None
+
+
+def test_promotion_needs_min_delta_over_the_champion():
+    better = decide_promotion(0.712, CHAMP, {"run_id": "p", "value": 0.69}, CFG)
+    assert better["promoted"]
+    assert better["reason"].startswith("test_accuracy 0.712 beats champion 0.701 by 0.011 >= min_delta 0.002")
+    assert (better["champion_before"], better["champion_value"], better["previous_run"]) == (CHAMP["run_id"], 0.701, "p")
+    # exactly min_delta better (0.703 - 0.701 is 0.00199999... in floats) counts
+    assert decide_promotion(0.703, CHAMP, None, CFG)["promoted"]
+    worse = decide_promotion(0.7025, CHAMP, None, CFG)
+    assert not worse["promoted"]
+    assert "does not beat champion 0.701 by min_delta 0.002" in worse["reason"]
+    assert worse["reason"].endswith(f"kept as a run, champion stays {CHAMP['run_id']}")
+
+
+def test_promotion_on_loss_and_ties_and_nan():
+    loss = PromoteConfig(metric="test_loss", direction="min", min_delta=0.0)
+    champ = {"run_id": "c", "metric": "test_loss", "value": 0.9}
+    assert decide_promotion(0.85, champ, None, loss)["promoted"]
+    assert not decide_promotion(0.95, champ, None, loss)["promoted"]
+    tie = decide_promotion(0.9, champ, None, loss)
+    assert not tie["promoted"] and "a tie is not enough" in tie["reason"]
+    nan = decide_promotion(float("nan"), None, None, CFG)
+    assert not nan["promoted"] and "NaN" in nan["reason"]
+
+
+def test_per_class_metrics_by_hand():
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 0, 0]
+    m = per_class_metrics(y_true, y_pred, 3, list(CLASSES))
+    assert m["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [1, 0, 0]]
+    cat, dog, frog = m["per_class"]
+    assert cat == {"class": "cat", "precision": 0.5, "recall": 2 / 3, "accuracy": 2 / 3, "support": 3}
+    assert dog["precision"] == 0.5 and dog["recall"] == 0.5
+    assert frog == {"class": "frog", "precision": 0.0, "recall": 0.0, "accuracy": 0.0, "support": 1}
+    with pytest.raises(ValueError, match="outside"):
+        per_class_metrics([0, 3], [0, 0], 3)
+
+
+def test_run_id_history_csv_and_layer_table():
+    rid = new_run_id(datetime(2026, 11, 25, 20, 30, 0, tzinfo=timezone.utc))
+    assert re.fullmatch(r"20261125-203000-[0-9a-f]{6}", rid)
+    csv_text = history_csv({"epochs": [{"epoch": 1, "loss": 2.0, "seconds": 3.5}, {"epoch": 2, "loss": 1.5, "seconds": 3.0}]})
+    assert csv_text == "epoch,loss,seconds\n1,2.0,3.5\n2,1.5,3.0\n"
+    model = _model()
+    rows = layer_table(model)
+    assert [r["class"] for r in rows] == ["InputLayer", "Conv2D", "Flatten", "Dense"]
+    assert rows[1]["output_shape"] == [None, 6, 6, 4] and rows[1]["params"] == 3 * 3 * 3 * 4 + 4
+    assert sum(r["params"] for r in rows) == model.count_params()
+
+
+# --------------------------------------------------------------------------- the run folder
+def test_run_folder_is_complete_and_self_describing(saved, dataset, models):
+    artifacts, run = saved
+    rdir = Path(run.path)
+    assert rdir == artifacts / "tiny" / "runs" / run.run_id
+    assert sorted(p.name for p in rdir.iterdir()) == sorted(
+        ["model.keras", "savedmodel", "history.json", "history.csv", "metrics.json", "predictions.npz", "metadata.json"])
+    meta = json.loads((rdir / "metadata.json").read_text())
+    train_json = json.loads(Path(models["fit"].path, "train.json").read_text())
+    assert meta["training"] == train_json
+    assert meta["pipeline"] == "tiny" and meta["run_id"] == run.run_id and meta["flow_run_id"] == "flow-run-1"
+    assert datetime.fromisoformat(meta["created_at"]).utcoffset().total_seconds() == 0
+    assert meta["config"]["promote"]["min_delta"] == 0.002
+    assert meta["dataset"]["fingerprint"] == dataset.fingerprint and meta["dataset"]["classes"] == list(CLASSES)
+    assert meta["dataset"]["counts"]["test"] == {"cat": 10, "dog": 6, "frog": 4}
+    assert meta["dataset"]["archive_sha256"] == "ab" * 32 and meta["dataset"]["source"] == "test-fixture"
+    assert set(meta["versions"]) == {"python", "tensorflow", "keras", "prefect", "numpy"}
+    assert meta["devices"] == ["/physical_device:CPU:0"]
+    assert meta["stages"]["train"] == {"seconds": 3.0, "cache_hit": False} and "store" in meta["stages"]
+    assert meta["cache_keys"]["train"] == "k-fit" and len(meta["cache_keys"]["store"]) == 16
+    assert meta["model"]["params"] == sum(l["params"] for l in meta["model"]["layers"]) == train_json["params"]
+    assert meta["promotion"]["promoted"] and meta["promotion"]["reason"] == "first run of this pipeline"
+    # every file's sha256 is recorded, and the model is the train stage's file, byte for byte
+    for name, digest in meta["files"].items():
+        actual = sha256_tree(rdir / name) if name == "savedmodel" else sha256_file(rdir / name)
+        assert actual == digest, name
+    assert meta["files"]["model.keras"] == train_json["model_sha256"]
+    # metrics agree with the saved predictions over the 20 cached test images, in order
+    metrics = json.loads((rdir / "metrics.json").read_text())
+    pred = np.load(rdir / "predictions.npz")
+    assert pred["probs"].shape == (20, 3) and pred["probs"].dtype == np.float32
+    assert np.array_equal(pred["y_true"], Y_TEST)
+    assert np.array_equal(pred["y_pred"], pred["probs"].argmax(axis=1))
+    assert metrics["test_accuracy"] == run.test_accuracy == float((pred["y_pred"] == Y_TEST).mean())
+    assert np.isclose(metrics["test_loss"], -np.log(pred["probs"][np.arange(20), Y_TEST]).mean(), rtol=1e-5)
+    assert [r["support"] for r in metrics["per_class"]] == [10, 6, 4]
+    assert np.array(metrics["confusion_matrix"]).sum() == 20
+    assert (rdir / "history.csv").read_text().splitlines()[0].split(",")[0] == "epoch"
+    registry = json.loads((artifacts / "tiny" / "registry.json").read_text())
+    assert registry["champion"]["run_id"] == run.run_id and registry["champion"]["metric"] == "test_accuracy"
+
+
+def test_rerun_with_nothing_changed_returns_the_same_run(saved, dataset, models):
+    artifacts, run = saved
+    again = save(artifacts, dataset, models["fit"])
+    assert again == run
+    assert [p.name for p in (artifacts / "tiny" / "runs").iterdir()] == [run.run_id]
+
+
+def test_promotion_sequence_retention_and_listing(tmp_path, dataset, models):
+    first = save(tmp_path, dataset, models["const1"])  # 0.30
+    assert first.test_accuracy == 0.3 and first.promoted and first.reason == "first run of this pipeline"
+    worse = save(tmp_path, dataset, models["const2"])  # 0.20
+    assert worse.test_accuracy == 0.2 and not worse.promoted
+    assert worse.reason.startswith("test_accuracy 0.200 does not beat champion 0.300 by min_delta 0.002")
+    assert worse.reason.endswith(f"champion stays {first.run_id}")
+    meta = json.loads((Path(worse.path) / "metadata.json").read_text())
+    assert meta["promotion"]["reason"] == worse.reason and meta["promotion"]["champion_before"] == first.run_id
+    assert json.loads((tmp_path / "tiny" / "registry.json").read_text())["champion"]["run_id"] == first.run_id
+    better = save(tmp_path, dataset, models["const0"])  # 0.50
+    assert better.promoted
+    assert better.reason.startswith("test_accuracy 0.500 beats champion 0.300 by 0.200 >= min_delta 0.002")
+    registry = json.loads((tmp_path / "tiny" / "registry.json").read_text())
+    assert registry["champion"]["run_id"] == better.run_id and registry["champion"]["value"] == 0.5
+    assert registry["champion"]["reason"] == better.reason
+
+    # keep_last=1: the newest run and the champion stay, everything else goes
+    last = save(tmp_path, dataset, models["const2b"], keep_last=1)
+    assert not last.promoted
+    rows = list_runs(tmp_path)
+    assert [r["run_id"] for r in rows] == [last.run_id, better.run_id]
+    assert [r["champion"] for r in rows] == [False, True]
+    assert rows[1] == {
+        "pipeline": "tiny", "run_id": better.run_id, "created_at": rows[1]["created_at"], "model": "tiny",
+        "epochs": 1, "test_accuracy": 0.5, "train_seconds": 0.5, "champion": True, "report": None,
+        "path": better.path,
+    }
+    assert not Path(first.path).exists() and not Path(worse.path).exists()
+    mapped = {json.loads(p.read_text())["run_id"] for p in (tmp_path / "tiny" / "store-keys").glob("*.json")}
+    assert mapped == {last.run_id, better.run_id}
+    assert prune_runs(tmp_path / "tiny", 1, better.run_id) == []  # nothing more to prune
+
+    table = format_runs_table(rows).splitlines()
+    assert table[0].split()[:3] == ["PIPELINE", "RUN", "ID"] and len(table) == 3
+    assert better.run_id in table[2] and " * " in table[2] and "0.5000" in table[2]
+    assert len({len(line) for line in table[1:]}) == 1  # aligned: the rows are equally long
+
+    # half-written and foreign folders are never listed
+    (tmp_path / "tiny" / "runs" / ".tmp-20990101-000000-abcdef-1").mkdir()
+    (tmp_path / "tiny" / "runs" / ".tmp-20990101-000000-abcdef-1" / "metadata.json").write_text("{}")
+    (tmp_path / "tiny" / "runs" / "20990101-000000-abcdef").mkdir()
+    assert [r["run_id"] for r in list_runs(tmp_path, "tiny")] == [last.run_id, better.run_id]
+    assert list_runs(tmp_path, "other") == [] and format_runs_table([]) == "no runs yet"
+
+
+def test_a_crash_mid_save_leaves_no_run_and_no_registry_change(tmp_path, dataset, models, monkeypatch):
+    import keras
+
+    first = save(tmp_path, dataset, models["const1"])
+    registry = (tmp_path / "tiny" / "registry.json").read_bytes()
+    keys = sorted(p.name for p in (tmp_path / "tiny" / "store-keys").glob("*.json"))
+
+    def export_dies(self, *a, **k):
+        raise OSError("disk full (simulated in the test)")
+
+    monkeypatch.setattr(keras.Model, "export", export_dies)
+    with pytest.raises(OSError, match="disk full"):
+        save(tmp_path, dataset, models["const0"])  # would have been promoted
+    assert [p.name for p in (tmp_path / "tiny" / "runs").iterdir()] == [first.run_id]
+    assert (tmp_path / "tiny" / "registry.json").read_bytes() == registry
+    assert sorted(p.name for p in (tmp_path / "tiny" / "store-keys").glob("*.json")) == keys
+    assert [r["run_id"] for r in list_runs(tmp_path)] == [first.run_id]
+
+
+def test_a_tampered_model_is_refused_before_loading(tmp_path, dataset, models, monkeypatch):
+    import shutil
+
+    import keras
+
+    tdir = tmp_path / "models" / "k-tampered"
+    shutil.copytree(models["const0"].path, tdir)
+    with open(tdir / "model.keras", "ab") as f:
+        f.write(b"\0")
+    loads = []
+    real_load = keras.models.load_model
+    monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    with pytest.raises(ModelIntegrityError) as exc:
+        save(tmp_path / "artifacts", dataset, TrainRecord(key="k-tampered", path=str(tdir)))
+    msg = str(exc.value)
+    assert "model.keras" in msg and "sha256" in msg and str(tdir / "train.json") in msg and "--force" in msg
+    assert loads == []
+    assert list_runs(tmp_path / "artifacts") == []
+    assert list((tmp_path / "artifacts" / "tiny" / "runs").iterdir()) == []
+    assert not (tmp_path / "artifacts" / "tiny" / "registry.json").exists()
+
+
+ROUND_TRIP = r"""
+import json, sys
+import numpy as np, keras, tensorflow as tf
+from tasks.cache import load_dataset
+from tasks.prepare import scale_pixels
+run, data = sys.argv[1], sys.argv[2]
+meta = json.load(open(f"{run}/metadata.json"))
+pre = meta["training"]["preprocess"]
+ds = load_dataset(data)
+x = scale_pixels(np.asarray(ds.x_test), pre["mean"], pre["std"])
+model = keras.models.load_model(f"{run}/model.keras", safe_mode=True)
+probs = model.predict(x, verbose=0)
+serving = tf.saved_model.load(f"{run}/savedmodel")  # keep a reference: it owns the variables
+served = serving.serve(tf.constant(x)).numpy()
+np.savez(sys.argv[3], probs=probs, served=served, y=np.asarray(ds.y_test))
+print(json.dumps({"accuracy": float((probs.argmax(axis=1) == ds.y_test).mean())}))
+"""
+
+
+def test_round_trip_in_a_fresh_process(saved, dataset, tmp_path):
+    artifacts, run = saved
+    out = tmp_path / "fresh.npz"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-c", ROUND_TRIP, run.path, dataset.path, str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((Path(run.path) / "metrics.json").read_text())
+    assert json.loads(r.stdout.strip().splitlines()[-1])["accuracy"] == metrics["test_accuracy"]
+    fresh, recorded = np.load(out), np.load(Path(run.path) / "predictions.npz")
+    assert np.array_equal(fresh["probs"].argmax(axis=1), recorded["y_pred"])
+    np.testing.assert_allclose(fresh["probs"], recorded["probs"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fresh["served"], recorded["probs"], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- through Prefect
+@pytest.mark.engine
+def test_save_run_task_is_cached_on_a_rerun(prefect_engine, tmp_path, dataset, models):
+    from prefect import flow
+
+    from tasks.common import local_result_dirs
+
+    dirs = local_result_dirs(tmp_path / "data")
+    task = save_run.with_options(
+        result_storage=dirs["results"],  # as flows/cifar.py binds it
+        cache_policy=save_run.cache_policy.configure(key_storage=dirs["keys"]),
+    )
+    artifacts = tmp_path / "artifacts"
+    validation = _Validation(dataset.fingerprint, {"checks": []})
+
+    @flow
+    def store_flow(stages: dict):
+        state = task(pipeline_dict(), dataset, validation, models["const1"], stages, "fr", str(artifacts),
+                     return_state=True)
+        return state.name, state.result()
+
+    name1, run1 = store_flow(STAGES)
+    # other stage timings and another flow run do not change what is saved: a cache hit
+    name2, run2 = store_flow({**STAGES, "train": {"seconds": 0.01, "cache_hit": True}})
+    assert (name1, name2) == ("Completed", "Cached")
+    assert run2 == run1
+    assert [p.name for p in (artifacts / "tiny" / "runs").iterdir()] == [run1.run_id]
+    # the cache record alone proves nothing: with the run folder gone, the task saves again
+    import shutil
+
+    shutil.rmtree(run1.path)
+    name3, run3 = store_flow(STAGES)
+    assert name3 == "Completed" and run3.run_id != run1.run_id and Path(run3.path, "model.keras").is_file()
