@@ -691,7 +691,7 @@ def iter_zip(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: 
                 if dirs is not None:
                     dirs.add(name)
                 continue
-            if mode and not stat.S_ISREG(mode):
+            if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
                 raise UnsafeArchiveError(f"{where}: member {info.filename!r} is not a regular file; refused.")
             budget.take(info.file_size, name)
             if wanted(name):
