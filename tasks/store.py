@@ -196,7 +196,8 @@ def per_class_metrics(
 
 
 def layer_table(model) -> list[dict[str, Any]]:
-    """One row per top-level layer: name, class, output shape (batch dim None), parameters.
+    """One row per top-level layer: name, class, output shape (batch dim None), parameters, and
+    ``kernel_size`` for convolutions.
 
     The params column sums to ``model.count_params()`` (a nested model is one row)."""
     rows = []
@@ -206,9 +207,12 @@ def layer_table(model) -> list[dict[str, Any]]:
             shape = [None if d is None else int(d) for d in shape]
         except (AttributeError, ValueError, TypeError):
             shape = None
-        rows.append(
-            {"name": layer.name, "class": type(layer).__name__, "output_shape": shape, "params": int(layer.count_params())}
-        )
+        row = {"name": layer.name, "class": type(layer).__name__, "output_shape": shape,
+               "params": int(layer.count_params())}
+        kernel = getattr(layer, "kernel_size", None)  # convolutions: lets the report explain params
+        if isinstance(kernel, (tuple, list)):
+            row["kernel_size"] = [int(k) for k in kernel]
+        rows.append(row)
     return rows
 
 
@@ -228,11 +232,14 @@ def sha256_tree(path: str | os.PathLike) -> str:
 
 
 def history_csv(history: dict[str, Any]) -> str:
-    """history.json's epochs as CSV; columns: epoch first, then every key in first-seen order."""
+    """history.json's epochs as CSV: epoch, loss, accuracy, val_loss, val_accuracy, seconds (those
+    present), then any other key in first-seen order."""
     epochs = history.get("epochs", [])
-    cols: list[str] = ["epoch"]
+    seen: list[str] = []
     for e in epochs:
-        cols += [k for k in e if k not in cols]
+        seen += [k for k in e if k not in seen]
+    first = [k for k in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds") if k in seen]
+    cols = first + [k for k in seen if k not in first]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
@@ -653,7 +660,7 @@ def store_run(
                     previous = {"run_id": prev_dir.name, "value": _metric_of(prev_dir, cfg.metric)}
                 decision = decide_promotion(metrics[cfg.metric], champion, previous, cfg)
                 meta["promotion"] = decision
-                meta["stages"]["store"] = {"seconds": round(time.perf_counter() - t0, 3), "cache_hit": False}
+                meta["stages"]["save"] = {"seconds": round(time.perf_counter() - t0, 3), "cache_hit": False}
                 atomic_write_json(tmp / "metadata.json", meta)
                 _fsync_dir(tmp)
                 final = runs_dir / run_id

@@ -14,17 +14,15 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import tasks.train
 from tasks.cache import write_dataset_cache
 from tasks.common import sha256_file
-from tasks.prepare import scale_pixels
+from tasks.prepare import ValidationRecord, scale_pixels
 from tasks.store import (
     ModelIntegrityError,
     PromoteConfig,
@@ -40,6 +38,7 @@ from tasks.store import (
     sha256_tree,
     store_run,
 )
+from tasks.train import TrainRecord
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("cat", "dog", "frog")
@@ -47,19 +46,6 @@ CLASSES = ("cat", "dog", "frog")
 Y_TEST = np.array([0] * 10 + [1] * 6 + [2] * 4, dtype=np.uint8)
 
 
-@dataclass(frozen=True)
-class _TrainRecord:  # the contract's TrainRecord(key, path), until tasks/train.py defines it
-    key: str
-    path: str
-
-
-TrainRecord = getattr(tasks.train, "TrainRecord", _TrainRecord)
-
-
-@dataclass(frozen=True)
-class _Validation:
-    fingerprint: str
-    summary: dict
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -152,7 +138,7 @@ STAGES = {"download": {"seconds": 0.1, "cache_hit": True}, "prepare": {"seconds"
 
 
 def save(artifacts, dataset, trained, **pipe):
-    validation = _Validation(dataset.fingerprint, {"checks": [], "train_test_duplicates": 0})
+    validation = ValidationRecord(dataset.fingerprint, {"checks": [], "train_test_duplicates": 0})
     return store_run(pipeline_dict(**pipe), dataset, validation, trained, STAGES, "flow-run-1", str(artifacts))
 
 
@@ -212,12 +198,14 @@ def test_per_class_metrics_by_hand():
 def test_run_id_history_csv_and_layer_table():
     rid = new_run_id(datetime(2026, 11, 25, 20, 30, 0, tzinfo=timezone.utc))
     assert re.fullmatch(r"20261125-203000-[0-9a-f]{6}", rid)
-    csv_text = history_csv({"epochs": [{"epoch": 1, "loss": 2.0, "seconds": 3.5}, {"epoch": 2, "loss": 1.5, "seconds": 3.0}]})
-    assert csv_text == "epoch,loss,seconds\n1,2.0,3.5\n2,1.5,3.0\n"
+    csv_text = history_csv({"epochs": [{"accuracy": 0.3, "epoch": 1, "loss": 2.0, "lr": 0.1, "seconds": 3.5},
+                                       {"accuracy": 0.4, "epoch": 2, "loss": 1.5, "lr": 0.1, "seconds": 3.0}]})
+    assert csv_text == "epoch,loss,accuracy,seconds,lr\n1,2.0,0.3,3.5,0.1\n2,1.5,0.4,3.0,0.1\n"
     model = _model()
     rows = layer_table(model)
     assert [r["class"] for r in rows] == ["InputLayer", "Conv2D", "Flatten", "Dense"]
     assert rows[1]["output_shape"] == [None, 6, 6, 4] and rows[1]["params"] == 3 * 3 * 3 * 4 + 4
+    assert rows[1]["kernel_size"] == [3, 3] and "kernel_size" not in rows[3]
     assert sum(r["params"] for r in rows) == model.count_params()
 
 
@@ -239,7 +227,7 @@ def test_run_folder_is_complete_and_self_describing(saved, dataset, models):
     assert meta["dataset"]["archive_sha256"] == "ab" * 32 and meta["dataset"]["source"] == "test-fixture"
     assert set(meta["versions"]) == {"python", "tensorflow", "keras", "prefect", "numpy"}
     assert meta["devices"] == ["/physical_device:CPU:0"]
-    assert meta["stages"]["train"] == {"seconds": 3.0, "cache_hit": False} and "store" in meta["stages"]
+    assert meta["stages"]["train"] == {"seconds": 3.0, "cache_hit": False} and "save" in meta["stages"]
     assert meta["cache_keys"]["train"] == "k-fit" and len(meta["cache_keys"]["store"]) == 16
     assert meta["model"]["params"] == sum(l["params"] for l in meta["model"]["layers"]) == train_json["params"]
     assert meta["promotion"]["promoted"] and meta["promotion"]["reason"] == "first run of this pipeline"
@@ -404,7 +392,7 @@ def test_save_run_task_is_cached_on_a_rerun(prefect_engine, tmp_path, dataset, m
         cache_policy=save_run.cache_policy.configure(key_storage=dirs["keys"]),
     )
     artifacts = tmp_path / "artifacts"
-    validation = _Validation(dataset.fingerprint, {"checks": []})
+    validation = ValidationRecord(dataset.fingerprint, {"checks": []})
 
     @flow
     def store_flow(stages: dict):
