@@ -236,19 +236,18 @@ def _cache(data_dir: Path, name: str, y_test=None):
 
 
 def _local(task, data_dir: Path):
-    """Bind results and cache records to <data_dir>/prefect/, as the flow does."""
-    from prefect.filesystems import LocalFileSystem
-
+    """Bind results and cache records to <data_dir>/prefect/, as flows/cifar.py does."""
     from tasks.common import local_result_dirs
 
     dirs = local_result_dirs(data_dir)
     return task.with_options(
-        result_storage=LocalFileSystem(basepath=str(dirs["results"])),
-        cache_policy=task.cache_policy.configure(key_storage=str(dirs["keys"])),
+        result_storage=dirs["results"],
+        cache_policy=task.cache_policy.configure(key_storage=dirs["keys"]),
     )
 
 
 @pytest.mark.engine
+@pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs")
 def test_task_is_cached_and_rechecks_its_file(prefect_engine, tmp_path):
     ds = _cache(tmp_path, f"tiny-{tmp_path.name}")
     task, cfg = _local(validate_dataset, tmp_path), PrepareConfig()
@@ -270,6 +269,7 @@ def test_task_is_cached_and_rechecks_its_file(prefect_engine, tmp_path):
 
 
 @pytest.mark.engine
+@pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs")
 def test_doctored_cache_fails_once_and_is_not_retried(prefect_engine, tmp_path):
     from prefect.client.orchestration import get_client
 
