@@ -737,10 +737,6 @@ class _AllowListUnpickler(pickle.Unpickler):
             return np.ndarray
         if module == "numpy" and name == "dtype":
             return np.dtype
-        if (module, name) == ("_codecs", "encode"):  # protocol-2 pickles of bytes written by Python 3
-            import _codecs
-
-            return _codecs.encode
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
 
 

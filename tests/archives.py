@@ -119,7 +119,7 @@ def build_binary_archive(dest: Path, n_train: int = 20, n_test: int = 10, seed: 
 
 
 # --------------------------------------------------------------------------- cifar10-python
-def python_batch(x: np.ndarray, y: np.ndarray, label: str = "batch", protocol: int = 2) -> bytes:
+def python_batch(x: np.ndarray, y: np.ndarray, label: str = "batch", protocol: int = 4) -> bytes:
     """One pickled batch as in the official archive: {b'batch_label', b'labels', b'data'
     (N, 3072) uint8 channel-planar, b'filenames'}."""
     data = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), -1)
@@ -128,14 +128,14 @@ def python_batch(x: np.ndarray, y: np.ndarray, label: str = "batch", protocol: i
     return pickle.dumps(d, protocol=protocol)
 
 
-def python_meta(classes=CIFAR10_CLASSES, protocol: int = 2) -> bytes:
+def python_meta(classes=CIFAR10_CLASSES, protocol: int = 4) -> bytes:
     return pickle.dumps({b"num_cases_per_batch": 10000, b"label_names": [c.encode() for c in classes],
                          b"num_vis": 3072}, protocol=protocol)
 
 
 def build_python_archive(dest: Path, n_train: int = 20, n_test: int = 10, seed: int = 0, *,
                          name: str = "cifar-10-python.tar.gz", arrays=None,
-                         replace: dict[str, bytes] | None = None, protocol: int = 2) -> Built:
+                         replace: dict[str, bytes] | None = None, protocol: int = 4) -> Built:
     """The official cifar-10-python.tar.gz layout (pickled batches)."""
     x_train, y_train, x_test, y_test = arrays or random_split(n_train, n_test, seed)
     d = "cifar-10-batches-py"
@@ -162,7 +162,7 @@ class _RunsCode:
 
 def evil_pickle(func, *args) -> bytes:
     """A pickle that calls ``func(*args)`` when loaded by a plain ``pickle.load``."""
-    return pickle.dumps({b"data": _RunsCode(func, *args), b"labels": []}, protocol=2)
+    return pickle.dumps({b"data": _RunsCode(func, *args), b"labels": []}, protocol=4)
 
 
 # --------------------------------------------------------------------------- image-folder
