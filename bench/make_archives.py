@@ -97,7 +97,9 @@ def build_binary_archive(out: Path | None = None, jpeg_tarball: Path = JPEG_TARB
 
 
 def build_python_archive(out: Path | None = None, jpeg_tarball: Path = JPEG_TARBALL) -> tuple[Path, str]:
-X
+    """The official cifar-10-python.tar.gz layout: dicts with bytes keys, pickled with protocol 4
+    so the pixel bytes are stored raw, as in the official Python 2 pickles (protocol 2 from
+    Python 3 would need ``_codecs.encode``, which Keras's own unpickler rightly refuses)."""
     out = out or OUT / "cifar-10-python.tar.gz"
     x_train, y_train, x_test, y_test = decoded_jpegs(jpeg_tarball)
     d = "cifar-10-batches-py"
