@@ -338,8 +338,8 @@ def plot_confusion(cm: list[list[int]], classes: list[str]) -> bytes:
 
     cm = np.asarray(cm, dtype=np.int64)
     n = len(classes)
-    size = max(4.5, 0.62 * n + 2)
-    fig = _figure(size + 1, size)
+    size = max(4.0, 0.42 * n + 1.6)
+    fig = _figure(size + 0.6, size)
     ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
@@ -507,9 +507,17 @@ def template_version() -> str:
     return source_version(__file__, *sorted(TEMPLATES.glob("*.j2")))
 
 
+CONFIG_ORDER = ("name", "description", "expect", "dataset", "prepare", "model", "training",
+                "promote", "keep_last", "report", "schedule")
+
+
 def _yaml(obj: Any) -> str:
+    """The resolved config as YAML, in pipelines.yaml's order (name and description first)."""
     import yaml
 
+    if isinstance(obj, dict):
+        obj = {**{k: obj[k] for k in CONFIG_ORDER if k in obj},
+               **{k: v for k, v in obj.items() if k not in CONFIG_ORDER}}
     return yaml.safe_dump(to_jsonable(obj), sort_keys=False, default_flow_style=False,
                           allow_unicode=True)
 
@@ -757,8 +765,13 @@ def _report_valid(inputs: dict[str, Any], key: str) -> bool:
             and (Path(inputs["artifacts_dir"]) / "index.html").is_file())
 
 
-@task(name="build-report", retries=2, retry_delay_seconds=1, persist_result=True,
-      cache_policy=VerifiedCache(key_fn=_report_key, valid_fn=_report_valid))
+def _transient(task, task_run, state) -> bool:
+    """Retry I/O hiccups, never a ReportError (a broken run folder stays broken)."""
+    return not isinstance(state.data, CifarError)
+
+
+@task(name="build-report", retries=2, retry_delay_seconds=1, retry_condition_fn=_transient,
+      persist_result=True, cache_policy=VerifiedCache(key_fn=_report_key, valid_fn=_report_valid))
 def build_report(run: Any, cfg: ReportConfig, artifacts_dir: str) -> ReportRecord:
     """Render the run's report.html and artifacts/index.html; publish Prefect artifacts."""
     log = get_logger()

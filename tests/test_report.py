@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shutil
 from markupsafe import escape as html_escape
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -291,8 +292,6 @@ def test_report_shows_the_run_and_matches_its_files(runs):
 
 
 def test_report_without_the_dataset_cache_says_so(runs, tmp_path):
-    import shutil
-
     from tasks.report import render_report
 
     run_dir = tmp_path / "art" / "notebook" / "runs" / runs["notebook"][0].name
@@ -384,6 +383,7 @@ def test_report_in_headless_chromium(runs, tmp_path):
 def test_build_report_task_publishes_artifacts_and_caches(runs, prefect_engine):
     from prefect import flow
 
+    from flows.cifar import _local  # binds results and cache records to <data_dir>/prefect/
     from tasks.report import ReportConfig, ReportRecord, build_report
 
     run_dir = runs["wide"][0]
@@ -393,7 +393,7 @@ def test_build_report_task_publishes_artifacts_and_caches(runs, prefect_engine):
 
     @flow
     def report_flow():
-        return build_report(record, cfg, str(runs["art"]), return_state=True)
+        return _local(build_report, str(runs["data"]))(record, cfg, str(runs["art"]), return_state=True)
 
     (run_dir / "report.html").unlink(missing_ok=True)
     first = report_flow()
@@ -418,3 +418,16 @@ def test_build_report_task_publishes_artifacts_and_caches(runs, prefect_engine):
     acc = read_json(run_dir / "metrics.json")["test_accuracy"]
     assert f"{acc * 100:.2f}%" in kinds["report-wide"].data
     assert (run_dir / "report.html").as_uri() in kinds["report-link-wide"].data
+
+    # a broken run folder fails once with the message, without retrying into the same wall
+    broken = runs["art"] / "wide" / "runs" / "broken"
+    broken.mkdir()
+    (broken / "metadata.json").write_text((run_dir / "metadata.json").read_text())
+    (broken / "metrics.json").write_text((run_dir / "metrics.json").read_text())
+    bad = FakeRunRecord("wide", "broken", str(broken), 0.5, False, "")
+
+    state = _local(build_report, str(runs["data"]))(bad, cfg, str(runs["art"]), return_state=True)
+    assert state.is_failed() and "history.json" in state.message
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 1
+    shutil.rmtree(broken)
