@@ -502,7 +502,14 @@ def _read_train_outputs(trained) -> tuple[Path, dict[str, Any], dict[str, Any]]:
 def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
     """The content key of a saved run: the trained model (key + file sha256), the evaluation data,
     the pipeline and its promotion rule, and this module's code. Never a path or a run id."""
-    train_json = read_json(Path(trained.path) / "train.json")
+    train_file = Path(trained.path) / "train.json"
+    try:
+        train_json = read_json(train_file)
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"{train_file} cannot be read ({exc}): the train stage's folder is incomplete. "
+            "Rerun the pipeline (the train stage rebuilds it)."
+        ) from exc
     return stable_hash(
         "store",
         trained.key,
@@ -569,7 +576,8 @@ def store_run(
     t0 = time.perf_counter()
     log = get_logger()
     name = pipeline["name"]
-    cfg = PromoteConfig(**(pipeline.get("promote") or {}))
+    promote = pipeline.get("promote") or {}
+    cfg = promote if isinstance(promote, PromoteConfig) else PromoteConfig(**promote)
     pdir = Path(artifacts_dir) / name
     runs_dir = pdir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -593,8 +601,12 @@ def store_run(
             model = keras.models.load_model(tmp / "model.keras", safe_mode=True, compile=False)
 
             # 2. evaluate on the cached test split (memory-mapped), scaled as in training
-            from tasks.cache import load_dataset
+            from tasks.cache import cache_problems, load_dataset
 
+            problems = cache_problems(dataset.path, verify_checksums=False)
+            if problems:
+                raise StoreError(f"the dataset cache {dataset.path} is incomplete: {'; '.join(problems)}. "
+                                 "Rerun the pipeline (the download stage rebuilds it).")
             ds = load_dataset(dataset.path, mmap=True)
             pre = train_json.get("preprocess") or {}
             probs = predict_probs(model, ds.x_test, pre.get("mean"), pre.get("std"))
@@ -662,7 +674,7 @@ def store_run(
                 meta["promotion"] = decision
                 meta["stages"]["save"] = {"seconds": round(time.perf_counter() - t0, 3), "cache_hit": False}
                 atomic_write_json(tmp / "metadata.json", meta)
-                _fsync_dir(tmp)
+                _fsync_tree(tmp)  # every file on disk before the folder appears
                 final = runs_dir / run_id
                 os.rename(tmp, final)
                 _fsync_dir(runs_dir)
@@ -708,6 +720,16 @@ def _champion_for(pdir: Path, champion: dict[str, Any] | None, cfg: PromoteConfi
         if value is not None:
             return {**champion, "metric": cfg.metric, "value": value}
     return champion
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*"), reverse=True):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
+    _fsync_dir(root)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -307,7 +307,12 @@ def test_promotion_sequence_retention_and_listing(tmp_path, dataset, models):
 def test_a_crash_mid_save_leaves_no_run_and_no_registry_change(tmp_path, dataset, models, monkeypatch):
     import keras
 
+    # what a save killed with -9 leaves behind: its temp folder, named after its (dead) pid
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "tiny" / "runs" / f".tmp-20260101-000000-abcdef-{int(dead.stdout)}"
+    (stale / "savedmodel").mkdir(parents=True)
     first = save(tmp_path, dataset, models["const1"])
+    assert not stale.exists()  # swept by the next save
     registry = (tmp_path / "tiny" / "registry.json").read_bytes()
     keys = sorted(p.name for p in (tmp_path / "tiny" / "store-keys").glob("*.json"))
 
