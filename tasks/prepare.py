@@ -307,11 +307,11 @@ def _image_hint(check: str, frame, rows) -> str:
     bad = frame.loc[rows] if len(rows) else frame
     if check == "pixels <= 1":
         top = float(bad["max"].max())
-        if top >= 2:
+        if top > 10:
             return (f"max is {top:g}: the pixels look unscaled (0..255); scale them with "
                     "tasks.prepare.scale_pixels (x / 255 as float32)")
-        return (f"max is {top:g}: values above 1 after scaling: the source is not 8-bit, or it "
-                "was scaled twice/wrongly")
+        return (f"max is {top:g}: values above 1 after scaling: standardised data where [0, 1] "
+                "pixels are expected, a source that is not 8-bit, or a wrong scale factor")
     if check == "pixels >= 0":
         return (f"min is {float(bad['min'].min()):g}: negative pixels: standardised data where "
                 "[0, 1] pixels are expected, or a corrupt decode")

@@ -134,7 +134,7 @@ def test_value_above_one():
     msg = failure(x_train, y_train, x_test, y_test)
     assert "1 validation check(s) failed" in msg
     assert "images: pixels <= 1: test: 1 of 4 rows failed (first: 3)" in msg
-    assert "max is 1.5: values above 1 after scaling" in msg
+    assert "max is 1.5: values above 1 after scaling" in msg and "unscaled" not in msg
 
 
 def test_unscaled_uint8():
@@ -283,3 +283,16 @@ def test_doctored_cache_fails_once_and_is_not_retried(prefect_engine, tmp_path):
         run = client.read_task_run(state.state_details.task_run_id)
     assert run.run_count == 1
     assert not (tmp_path / "validations").exists() or not list((tmp_path / "validations").glob("*.json"))
+
+
+def test_blank_image_and_standardised_pixels():
+    x_train, y_train, x_test, y_test = prepared()
+    x_train[5] = 0.5  # a blank (constant) image
+    msg = failure(x_train, y_train, scale_pixels(tiny()[2], [0.5] * 3, [0.25] * 3), y_test)
+    assert "3 validation check(s) failed" in msg
+    assert "images: image not constant: train: 1 of 20 rows failed (first: 5)" in msg
+    assert "every pixel of the image equals 0.5: a blank image" in msg
+    assert "images: pixels >= 0: test: 4 of 4 rows failed" in msg
+    assert "min is -2: negative pixels: standardised data" in msg
+    assert "images: pixels <= 1: test: 4 of 4 rows failed" in msg
+    assert "max is 2: values above 1 after scaling: standardised data" in msg
