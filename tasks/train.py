@@ -287,7 +287,22 @@ def make_strategy(runtime: Runtime):
     import tensorflow as tf
 
     if runtime.strategy == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+
+        class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15's fit() under this strategy calls strategy.reduce on (x, y) tuples (the
+            # collective strategy reduces one value at a time) and on scalar metrics with
+            # axis=0 (invalid for a scalar). Reduce part by part; scalars across replicas only.
+            def reduce(self, reduce_op, value, axis):
+                parent = super()
+
+                def one(v):
+                    local = self.experimental_local_results(v)[0]
+                    scalar = getattr(local, "shape", None) is not None and local.shape.rank == 0
+                    return parent.reduce(reduce_op, v, None if scalar else axis)
+
+                return tf.nest.map_structure(one, value)
+
+        return MultiWorker()
     if runtime.strategy == "mirrored":
         gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
         return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
