@@ -294,7 +294,7 @@ def _schema_failures(schema, frame) -> tuple[list[str], dict[str, np.ndarray]]:
         return names, {}
     except pa.errors.SchemaErrors as exc:
         fc = exc.failure_cases
-    failed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, np.ndarray] = {}
     for check, group in fc.groupby("check", sort=False):
         failed[str(check)] = np.unique(group["index"].dropna().to_numpy(dtype=np.int64))
         if str(check) not in names:  # a column/dtype problem of the frame itself
