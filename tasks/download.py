@@ -28,7 +28,9 @@ import ssl
 import stat
 import sys
 import tarfile
+import threading
 import time
+import zlib
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -632,6 +634,24 @@ class _HashingReader(io.RawIOBase):
         return self.sha.hexdigest()
 
 
+def _check_member(m: tarfile.TarInfo, where: str, budget: _Budget, dirs: set[str] | None) -> str | None:
+    """The member's normalised name if it is a regular file; None for a folder; refuses the
+    archive on absolute/``..`` names, links, devices, FIFOs and sparse files."""
+    name = _safe_name(m.name, where)
+    if m.issym() or m.islnk():
+        raise UnsafeArchiveError(f"{where}: member {m.name!r} is a link (to {m.linkname!r}); "
+                                 "refused. Nothing was extracted.")
+    if m.isdir():
+        if dirs is not None:
+            dirs.add(name)
+        return None
+    if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        raise UnsafeArchiveError(f"{where}: member {m.name!r} is not a regular file "
+                                 f"(tar type {m.type!r}: device, FIFO or sparse); refused.")
+    budget.take(m.size, name)
+    return name
+
+
 def iter_tar(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: int,
              dirs: set[str] | None = None, digest: list | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of the wanted regular members, straight from the (compressed) tar stream.
@@ -652,25 +672,69 @@ def iter_tar(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: 
         with tf:
             try:
                 for m in tf:
-                    name = _safe_name(m.name, where)
-                    if m.issym() or m.islnk():
-                        raise UnsafeArchiveError(f"{where}: member {m.name!r} is a link (to "
-                                                 f"{m.linkname!r}); refused. Nothing was extracted.")
-                    if m.isdir():
-                        if dirs is not None:
-                            dirs.add(name)
-                        continue
-                    if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                        raise UnsafeArchiveError(f"{where}: member {m.name!r} is not a regular file "
-                                                 f"(tar type {m.type!r}: device, FIFO or sparse); refused.")
-                    budget.take(m.size, name)
-                    if wanted(name):
+                    name = _check_member(m, where, budget, dirs)
+                    if name is not None and wanted(name):
                         yield name, tf.extractfile(m).read()
             except (tarfile.TarError, EOFError, OSError, zlibError) as exc:
                 raise DatasetFormatError(f"{where}: the archive is corrupt or truncated ({exc})") from exc
         if digest is not None:
             buffered.read()  # rest of the stream buffered in
             digest.append(reader.finish())
+
+
+def _inflate_gzip(raw: bytes, max_bytes: int, where: str) -> bytes:
+    """The whole gzip stream (all members) in large calls; zlib releases the GIL meanwhile.
+    Stops at ``max_bytes`` + one tar block of output (archive-bomb cap)."""
+    out, data = [], raw
+    limit = max_bytes + (1 << 20)
+    try:
+        while data:
+            d = zlib.decompressobj(31)
+            out.append(d.decompress(data, limit - sum(map(len, out))))
+            if d.unconsumed_tail:
+                raise UnsafeArchiveError(f"{where}: inflates to more than {max_bytes / 2**20:,.0f} MiB; "
+                                         "refused as a possible archive bomb. Raise dataset.max_extract_mb "
+                                         "if it is genuine.")
+            if not d.eof:
+                raise DatasetFormatError(f"{where}: the gzip stream is truncated")
+            data = d.unused_data if d.unused_data.strip(b"\0") else b""
+    except zlib.error as exc:
+        raise DatasetFormatError(f"{where}: the archive is corrupt ({exc})") from exc
+    return out[0] if len(out) == 1 else b"".join(out)
+
+
+def iter_tar_in_memory(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: int,
+                       dirs: set[str] | None = None, digest: list | None = None) -> Iterator[tuple[str, memoryview]]:
+    """Like :func:`iter_tar`, faster for a .tar.gz of a few hundred MB (CIFAR-10): the file is
+    read once, hashed in a second thread while it inflates in this one (both release the GIL),
+    and members come back as zero-copy views into the inflated tar."""
+    where = str(path)
+    raw = Path(path).read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        yield from iter_tar(path, wanted, max_bytes, dirs, digest)
+        return
+    sha = hashlib.sha256()
+    hasher = threading.Thread(target=sha.update, args=(raw,), daemon=True)
+    hasher.start()
+    try:
+        tar_bytes = _inflate_gzip(raw, max_bytes, where)
+    finally:
+        hasher.join()
+    del raw
+    view = memoryview(tar_bytes)
+    budget = _Budget(max_bytes, where)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
+            for m in tf:
+                name = _check_member(m, where, budget, dirs)
+                if name is not None and wanted(name):
+                    if m.offset_data + m.size > len(tar_bytes):
+                        raise DatasetFormatError(f"{where}: member {name!r} is truncated")
+                    yield name, view[m.offset_data:m.offset_data + m.size]
+    except tarfile.TarError as exc:
+        raise DatasetFormatError(f"{where}: the archive is corrupt or truncated ({exc})") from exc
+    if digest is not None:
+        digest.append(sha.hexdigest())
 
 
 def iter_zip(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: int,
@@ -755,18 +819,34 @@ def safe_unpickle(data: bytes, where: str) -> Any:
 
 
 # --------------------------------------------------------------------------- decoding
-def parse_binary_batch(data: bytes, where: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Records of 1 label byte + 1024 R + 1024 G + 1024 B (row-major) -> x (N,32,32,3), y (N,).
-    ``x`` is a transposed view of ``data``; callers concatenate (one copy)."""
+def planar_to_hwc(src: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, 3072) channel-planar rows (1024 R, 1024 G, 1024 B, each row-major) -> (N, 32, 32, 3).
+    One strided copy per channel: ~4x faster than copying a transposed view (whose innermost
+    loop would be 3 long)."""
+    src = src.reshape(-1, 3, 1024)
+    if out is None:
+        out = np.empty((len(src), 32, 32, 3), dtype=np.uint8)
+    flat = out.reshape(len(src), 1024, 3)
+    for c in range(3):
+        flat[:, :, c] = src[:, c, :]
+    return out
+
+
+def _binary_records(data, where: str) -> np.ndarray:
     if len(data) % RECORD:
         raise DatasetFormatError(
             f"{where}: {len(data):,} bytes is not a multiple of {RECORD} (1 label byte + 3,072 "
             f"pixel bytes per image): the file is truncated or not CIFAR-10 binary "
             f"({len(data) // RECORD:,} whole records + {len(data) % RECORD} bytes).")
-    a = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD)
-    y = a[:, 0]
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD)
+
+
+def parse_binary_batch(data: bytes, where: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records of 1 label byte + 1024 R + 1024 G + 1024 B (row-major) -> x (N,32,32,3), y (N,)."""
+    a = _binary_records(data, where)
+    y = a[:, 0].copy()
     _check_labels(y, num_classes, where)
-    return a[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+    return planar_to_hwc(a[:, 1:]), y
 
 
 def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
@@ -797,20 +877,39 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
 
 
+def _assemble(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Planar (N_i, 3072) pixel rows + labels of several batches -> one (N, 32, 32, 3) array,
+    written in place (no concatenate, one allocation)."""
+    n = sum(len(y) for _, y in parts)
+    x = np.empty((n, 32, 32, 3), dtype=np.uint8)
+    y = np.empty((n,), dtype=np.uint8)
+    at = 0
+    for px, lab in parts:
+        planar_to_hwc(px, x[at:at + len(lab)])
+        y[at:at + len(lab)] = lab
+        at += len(lab)
+    return x, y
+
+
 def decode_binary(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
     names = [f"{BIN_DIR}/{b}.bin" for b in (*TRAIN_BATCHES, "test_batch")]
     meta = f"{BIN_DIR}/batches.meta.txt"
-    got = dict(iter_tar(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
+    got = dict(iter_tar_in_memory(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
     _missing(got, [*names, meta], str(path), "cifar10-binary")
-    classes = _check_classes([ln.strip() for ln in got[meta].decode("utf-8", "replace").splitlines()
+    classes = _check_classes([ln.strip() for ln in bytes(got[meta]).decode("utf-8", "replace").splitlines()
                               if ln.strip()], f"{path}:{meta}")
-    parsed = [parse_binary_batch(got.pop(n), f"{path}:{n}", len(classes)) for n in names]
-    x_train = _stack([x for x, _ in parsed[:5]])
-    y_train = _stack([y for _, y in parsed[:5]])
-    return x_train, y_train, np.ascontiguousarray(parsed[5][0]), parsed[5][1].copy(), classes
+    parts = []
+    for n in names:
+        a = _binary_records(got[n], f"{path}:{n}")
+        _check_labels(a[:, 0], len(classes), f"{path}:{n}")
+        parts.append((a[:, 1:], a[:, 0]))
+    x_train, y_train = _assemble(parts[:5])
+    x_test, y_test = _assemble(parts[5:])
+    return x_train, y_train, x_test, y_test, classes
 
 
 def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch -> (planar pixels (N, 3072) uint8, labels (N,) uint8)."""
     d = safe_unpickle(data, where)
     if not isinstance(d, dict):
         raise DatasetFormatError(f"{where}: expected a dict, got {type(d).__name__}")
@@ -825,13 +924,13 @@ def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.nd
         raise DatasetFormatError(f"{where}: {labels.shape[0]} labels for {x.shape[0]} images")
     if labels.size and labels.max() >= num_classes:
         _check_labels(labels, num_classes, where)
-    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.uint8)
+    return x, labels.astype(np.uint8)
 
 
 def decode_python(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
     names = [f"{PY_DIR}/{b}" for b in (*TRAIN_BATCHES, "test_batch")]
     meta = f"{PY_DIR}/batches.meta"
-    got = dict(iter_tar(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
+    got = dict(iter_tar_in_memory(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
     _missing(got, [*names, meta], str(path), "cifar10-python")
     m = safe_unpickle(got[meta], f"{path}:{meta}")
     raw = m.get(b"label_names", m.get("label_names")) if isinstance(m, dict) else None
@@ -839,9 +938,9 @@ def decode_python(path: str | os.PathLike, max_bytes: int, digest: list | None =
         raise DatasetFormatError(f"{path}:{meta}: no 'label_names' list")
     classes = _check_classes([c.decode() if isinstance(c, bytes) else str(c) for c in raw], f"{path}:{meta}")
     parsed = [parse_python_batch(got.pop(n), f"{path}:{n}", len(classes)) for n in names]
-    x_train = _stack([x for x, _ in parsed[:5]])
-    y_train = _stack([y for _, y in parsed[:5]])
-    return x_train, y_train, np.ascontiguousarray(parsed[5][0]), parsed[5][1], classes
+    x_train, y_train = _assemble(parsed[:5])
+    x_test, y_test = _assemble(parsed[5:])
+    return x_train, y_train, x_test, y_test, classes
 
 
 def _decode_image(name: str, data: bytes) -> np.ndarray:
