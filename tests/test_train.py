@@ -395,27 +395,32 @@ def test_multi_worker_without_tf_config_says_what_to_do(tiny, tmp_path, monkeypa
 # --------------------------------------------------------------------------- Prefect
 @pytest.mark.engine
 def test_train_model_task_caches_and_reports_progress(prefect_engine, tiny, tmp_path):
+    """The task as the flow binds it (results and cache records under <data_dir>/prefect/)."""
+    import asyncio
+
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    from tasks.common import local_result_dirs
     from tasks.train import train_model
 
     data = str(tmp_path / "data")
+    dirs = local_result_dirs(data)
+    bound = train_model.with_options(result_storage=dirs["results"],
+                                     cache_policy=train_model.cache_policy.configure(key_storage=dirs["keys"]))
     cfg = TrainingConfig(epochs=1, batch_size=16)
 
     @flow
     def twice():
-        a = train_model(tiny, None, "seed_cnn", cfg, PrepareConfig(), data, return_state=True)
-        b = train_model(tiny, None, "seed_cnn", cfg, PrepareConfig(), data, return_state=True)
+        a = bound(tiny, None, "seed_cnn", cfg, PrepareConfig(), data, return_state=True)
+        b = bound(tiny, None, "seed_cnn", cfg, PrepareConfig(), data, return_state=True)
         return a, b
 
     a, b = twice()
-    assert a.is_completed() and b.name == "Cached" and a.result() == b.result()
+    assert a.name == "Completed" and b.name == "Cached" and a.result() == b.result()
     rec = a.result()
     assert not trained_problems(rec.path)
-
-    import asyncio
 
     async def artifacts():
         async with get_client() as client:
@@ -424,3 +429,8 @@ def test_train_model_task_caches_and_reports_progress(prefect_engine, tiny, tmp_
 
     arts = asyncio.run(artifacts())
     assert arts and arts[0].type == "progress" and float(arts[0].data) == 100.0
+
+    # The stored model is deleted: Prefect's cache record no longer counts, the task retrains.
+    (Path(rec.path) / "model.keras").unlink()
+    c, _ = twice()
+    assert c.name == "Completed" and c.result() == rec and not trained_problems(rec.path)
