@@ -944,16 +944,18 @@ def decode_python(path: str | os.PathLike, max_bytes: int, digest: list | None =
 
 
 def _decode_image(name: str, data: bytes) -> np.ndarray:
+    """PNG or JPEG bytes -> (H, W) for grayscale, (H, W, 3) otherwise; errors name the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format not in ("PNG", "JPEG"):
-                raise DatasetFormatError(f"{name}: a {im.format} image; only PNG and JPEG are read")
-            im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
+        with Image.open(io.BytesIO(data), formats=("JPEG", "PNG")) as im:
+            target = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+            if im.mode != target:
+                im = im.convert(target)
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFormatError(f"{name}: corrupt or unreadable image ({exc}). Replace or remove the file.") from exc
+        raise DatasetFormatError(f"{name}: corrupt or unreadable image ({exc}); only PNG and JPEG "
+                                 "are read. Replace or remove the file.") from exc
 
 
 def decode_image_folder(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
