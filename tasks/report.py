@@ -268,15 +268,21 @@ def pick_samples(y_true, y_pred, probs, n: int, k_mistakes: int, seed: int = 0):
 
 
 # =========================================================================== plots (pure)
-def _figure(w: float, h: float):
+def _figure(w: float, h: float, **margins: float):
+    """A figure with fixed margins (inches): constrained/tight layout would cost ~0.3 s a plot."""
     from matplotlib.figure import Figure  # Agg canvas; no pyplot, no global state
 
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+    fig = Figure(figsize=(w, h), dpi=100)
+    m = {"left": 0.75, "right": 0.2, "bottom": 0.55, "top": 0.4, "wspace": 0.25, **margins}
+    fig.subplots_adjust(left=m["left"] / w, right=1 - m["right"] / w, bottom=m["bottom"] / h,
+                        top=1 - m["top"] / h, wspace=m["wspace"])
+    return fig
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    # zlib level 3: ~2x faster than PIL's default 6, files a few % larger
+    fig.savefig(buf, format="png", dpi=100, pil_kwargs={"compress_level": 3})
     return buf.getvalue()
 
 
@@ -338,8 +344,8 @@ def plot_confusion(cm: list[list[int]], classes: list[str]) -> bytes:
 
     cm = np.asarray(cm, dtype=np.int64)
     n = len(classes)
-    size = max(4.0, 0.42 * n + 1.6)
-    fig = _figure(size + 0.6, size)
+    size = max(3.0, 0.42 * n)  # the matrix itself, inches
+    fig = _figure(size + 2.6, size + 1.6, left=1.2, right=1.4, bottom=1.1, top=0.4)
     ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
@@ -352,7 +358,9 @@ def plot_confusion(cm: list[list[int]], classes: list[str]) -> bytes:
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > threshold else "black")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="images")
+    cax = fig.add_axes((1 - 1.15 / fig.get_figwidth(), ax.get_position().y0, 0.18 / fig.get_figwidth(),
+                        ax.get_position().height))
+    fig.colorbar(im, cax=cax, label="images")
     return _png(fig)
 
 
@@ -372,7 +380,7 @@ def plot_image_grid(images, y_true, y_pred, conf, classes, title: str, cols: int
     rows = math.ceil(n / cols)
     scale, pad, caption = 3, 4, 34  # pixels per image pixel, frame, caption height
     h, w = images.shape[1] * scale, images.shape[2] * scale
-    cw, ch = w + 2 * pad + 8, h + 2 * pad + caption
+    cw, ch = w + 2 * pad + 30, h + 2 * pad + caption  # room for "✗ pred: automobile 100%"
     mosaic = np.full((rows * ch, cols * cw, 3), 255, dtype=np.uint8)
     for k in range(n):
         r, c = divmod(k, cols)
@@ -386,7 +394,6 @@ def plot_image_grid(images, y_true, y_pred, conf, classes, title: str, cols: int
         mosaic[y0 + pad:y0 + pad + h, x0 + pad:x0 + pad + w] = big
     dpi = 100
     fig = _figure(mosaic.shape[1] / dpi, mosaic.shape[0] / dpi + 0.4)
-    fig.set_layout_engine(None)
     ax = fig.add_axes((0, 0, 1, mosaic.shape[0] / (mosaic.shape[0] + 40)))
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
@@ -411,7 +418,7 @@ def _parse_time(s: str):
 
 def plot_index_accuracy(rows: list[dict[str, Any]]) -> bytes:
     """Test accuracy over time, one line per pipeline; champions ringed."""
-    fig = _figure(10, 3.8)
+    fig = _figure(10, 3.8, bottom=0.95)
     ax = fig.subplots()
     by_pipe: dict[str, list] = {}
     for r in rows:
@@ -431,7 +438,7 @@ def plot_index_accuracy(rows: list[dict[str, Any]]) -> bytes:
     ax.grid(alpha=0.3)
     if by_pipe:
         ax.legend(loc="best")
-    fig.autofmt_xdate()
+    fig.autofmt_xdate(bottom=0.95 / 3.8)
     return _png(fig)
 
 
@@ -439,7 +446,7 @@ def plot_pair(a: dict[str, Any], b: dict[str, Any]) -> bytes:
     """Two pipelines' latest runs side by side: val accuracy, val loss, seconds per epoch."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(12, 3.4)
+    fig = _figure(12, 3.4, wspace=0.3)
     ax_acc, ax_loss, ax_t = fig.subplots(1, 3)
     colors = ("#1f77b4", "#ff7f0e")
     for run, color in zip((a, b), colors):
