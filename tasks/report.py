@@ -378,9 +378,9 @@ def plot_image_grid(images, y_true, y_pred, conf, classes, title: str, cols: int
         return _png(fig)
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    scale, pad, caption = 3, 4, 34  # pixels per image pixel, frame, caption height
+    scale, pad, caption = 3, 4, 46  # pixels per image pixel, frame, caption height
     h, w = images.shape[1] * scale, images.shape[2] * scale
-    cw, ch = w + 2 * pad + 30, h + 2 * pad + caption  # room for "✗ pred: automobile 100%"
+    cw, ch = w + 2 * pad + 24, h + 2 * pad + caption
     mosaic = np.full((rows * ch, cols * cw, 3), 255, dtype=np.uint8)
     for k in range(n):
         r, c = divmod(k, cols)
@@ -402,10 +402,12 @@ def plot_image_grid(images, y_true, y_pred, conf, classes, title: str, cols: int
         r, c = divmod(k, cols)
         y0, x0 = r * ch + h + 2 * pad + 2, c * cw
         wrong = y_true[k] != y_pred[k]
+        color = "#d62728" if wrong else "#2c7a2c"
         ax.text(x0, y0, f"true: {classes[y_true[k]]}", fontsize=7, va="top")
-        ax.text(x0, y0 + 11, f"{'✗ ' if wrong else ''}pred: {classes[y_pred[k]]} {conf[k]:.0%}",
-                fontsize=7, va="top", color="#d62728" if wrong else "#2c7a2c",
+        ax.text(x0, y0 + 11, f"pred: {classes[y_pred[k]]}", fontsize=7, va="top", color=color,
                 fontweight="bold" if wrong else "normal")
+        ax.text(x0, y0 + 22, f"{conf[k]:.0%} sure{'  ✗ wrong' if wrong else ''}", fontsize=7,
+                va="top", color=color, fontweight="bold" if wrong else "normal")
     return _png(fig)
 
 
