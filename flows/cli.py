@@ -14,6 +14,8 @@ from typing import Any
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The embedded API's first start creates its SQLite database: slow on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from flows.config import DEFAULT_CONFIG, Settings, load_settings, parse_set  # noqa: E402
 from tasks.common import CifarError  # noqa: E402
