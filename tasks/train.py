@@ -306,7 +306,16 @@ def make_strategy(runtime: Runtime):
     if runtime.strategy == "mirrored":
         gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
         return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
-    return tf.distribute.OneDeviceStrategy("/gpu:0" if runtime.gpus else "/cpu:0")
+    # one_device: TensorFlow's default strategy (no distribution wrapper, no per-step overhead);
+    # it places the model on the first GPU when there is one.
+    return tf.distribute.get_strategy()
+
+
+def strategy_devices(strategy, runtime: Runtime) -> list[str]:
+    """The devices this process trains on."""
+    if runtime.strategy != "one_device":
+        return list(strategy.extended.worker_devices)
+    return ["/device:GPU:0" if runtime.gpus else "/device:CPU:0"]
 
 
 # --------------------------------------------------------------------------- cache key + files
@@ -516,7 +525,7 @@ def _fit(dataset, validation, model_name, cfg, prepare, data_dir, key, *, chief,
         callbacks = [tracker.before,
                      keras.callbacks.BackupAndRestore(backup_dir=str(backup), double_checkpoint=True),
                      tracker.after, *extra_callbacks]
-        devices = list(strategy.extended.worker_devices)
+        devices = strategy_devices(strategy, runtime)
         log.info("training %s (%s): %d epochs, batch %d, %s on %s, %s, XLA %s", model_name, key,
                  cfg.epochs, cfg.batch_size, runtime.strategy, ", ".join(devices), runtime.precision,
                  "on" if runtime.xla else "off")

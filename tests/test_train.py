@@ -261,6 +261,21 @@ def test_train_commits_reuses_detects_corruption_and_is_reproducible(tiny, tmp_p
         hist[0]["loss"], rel=1e-4, abs=1e-5)
 
 
+def test_precision_and_xla_switches_take_effect(tiny, tmp_path):
+    """bf16 on CPU is opt-in; XLA can be forced on. Both end up in the model and train.json."""
+    import keras
+
+    cfg = TrainingConfig(epochs=1, batch_size=16, mixed_precision="mixed_bfloat16", xla="on")
+    rec = run_training(tiny, None, "seed_cnn", cfg, PrepareConfig(), tmp_path)
+    meta = read_json(Path(rec.path) / "train.json")
+    assert (meta["precision"], meta["xla"], meta["strategy"]) == ("mixed_bfloat16", True, "one_device")
+    assert meta["devices"] == ["/device:CPU:0"]
+    model = keras.models.load_model(Path(rec.path) / "model.keras")
+    assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
+    assert model.layers[-1].dtype_policy.name == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after training
+
+
 # --------------------------------------------------------------------------- subprocesses
 class Proc:
     """A worker subprocess whose stdout lines are collected as they arrive."""
