@@ -37,9 +37,9 @@ class _Stages:
         self.data_dir = data_dir
         self.times: dict[str, dict[str, Any]] = {}
 
-    def run(self, stage: str, task, *args, refresh: bool = False, **kwargs):
+    def run(self, stage: str, task, *args, refresh: bool = False, options: dict | None = None, **kwargs):
         t0 = time.perf_counter()
-        opts = {"refresh_cache": True} if refresh else {}
+        opts = {**(options or {}), **({"refresh_cache": True} if refresh else {})}
         state = _local(task, self.data_dir, **opts)(*args, return_state=True, **kwargs)
         result = state.result()  # raises the stage's own error when it failed
         entry = self.times.setdefault(stage, {"seconds": 0.0, "cache_hit": True})
@@ -54,10 +54,11 @@ def _settings(pipeline: str, overrides: dict[str, Any] | None, config: str) -> t
 
 
 def _prepare_data(stages: _Stages, p: PipelineConfig):
-    from tasks.download import decode_dataset, fetch_archive
+    from tasks.download import decode_dataset, fetch_archive, retry_options
     from tasks.prepare import validate_dataset
 
-    archive = stages.run("download", fetch_archive, p.dataset, stages.data_dir)
+    archive = stages.run("download", fetch_archive, p.dataset, stages.data_dir,
+                         options=retry_options(p.dataset))
     dataset = stages.run("download", decode_dataset, archive, p.dataset, stages.data_dir)
     validation = stages.run("prepare", validate_dataset, dataset, p.prepare, stages.data_dir)
     return dataset, validation

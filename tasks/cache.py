@@ -12,6 +12,7 @@ Readers memory-map the arrays, so loading is near-instant and never copies the d
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -53,6 +54,18 @@ class Dataset:
     manifest: dict[str, Any]
 
 
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through it."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self._f.write(data)
+
+
 def _counts(y: np.ndarray, classes: tuple[str, ...]) -> dict[str, int]:
     counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, counts)}
@@ -83,12 +96,12 @@ def write_dataset_cache(
     try:
         files = {}
         for name, arr in arrays.items():
-            p = tmp / f"{name}.npy"
-            with open(p, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+            with open(tmp / f"{name}.npy", "wb") as f:
+                hashing = _HashingWriter(f)
+                np.save(hashing, np.ascontiguousarray(arr), allow_pickle=False)
                 f.flush()
                 os.fsync(f.fileno())
-            files[f"{name}.npy"] = sha256_file(p)
+            files[f"{name}.npy"] = hashing.sha256.hexdigest()  # hashed as written, not re-read
         manifest = {
             **meta,
             "format_version": FORMAT_VERSION,

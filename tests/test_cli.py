@@ -26,7 +26,7 @@ def test_check_prints_the_shipped_pipelines():
     assert r.returncode == 0, r.stderr
     assert "pipelines.yaml: OK" in r.stdout
     assert "train " in r.stdout and "cron '0 3 * * 1' UTC" in r.stdout
-    assert "smoke " in r.stdout and "limit 2000/500, 1 epoch(s)" in r.stdout
+    assert "smoke " in r.stdout and "limit 10000/2000, 1 epoch(s)" in r.stdout
 
 
 def test_check_on_a_broken_file_lists_every_problem_and_exits_2(tmp_path):

@@ -38,7 +38,7 @@ def test_shipped_file_loads_with_train_and_smoke():
     assert train.schedule.cron == "0 3 * * 1" and train.schedule.timezone == "UTC"
     assert train.dataset.format == "cifar10-binary" and train.dataset.source is None
     assert smoke.training.epochs == 1
-    assert (smoke.dataset.limit_train, smoke.dataset.limit_test) == (2000, 500)
+    assert (smoke.dataset.limit_train, smoke.dataset.limit_test) == (10000, 2000)
     assert s.data_dir == REPO / "data" and s.artifacts_dir == REPO / "artifacts"
 
 
