@@ -120,14 +120,12 @@ def seed_cnn(input_shape, num_classes):
     from keras import layers
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
-    x = layers.Conv2D(32, 3, activation="relu")(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Dropout(0.25)(x)
-    x = layers.Conv2D(64, 3, padding="same", activation="relu")(x)
-    x = layers.Conv2D(64, 3, activation="relu")(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Dropout(0.25)(x)
+    x = inputs
+    for _ in range(2):  # the notebook's block, twice: Conv32-same, Conv32, MaxPool, Dropout .25
+        x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(32, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(0.25)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(512, activation="relu")(x)
     x = layers.Dropout(0.5)(x)

@@ -31,10 +31,10 @@ NOTEBOOK_LAYERS = [
     ("conv2d", "Conv2D", [None, 32, 32, 32], 896), ("activation", "Activation", [None, 32, 32, 32], 0),
     ("conv2d_1", "Conv2D", [None, 30, 30, 32], 9248), ("activation_1", "Activation", [None, 30, 30, 32], 0),
     ("max_pooling2d", "MaxPooling2D", [None, 15, 15, 32], 0), ("dropout", "Dropout", [None, 15, 15, 32], 0),
-    ("conv2d_2", "Conv2D", [None, 15, 15, 64], 18496), ("activation_2", "Activation", [None, 15, 15, 64], 0),
-    ("conv2d_3", "Conv2D", [None, 13, 13, 64], 36928), ("activation_3", "Activation", [None, 13, 13, 64], 0),
-    ("max_pooling2d_1", "MaxPooling2D", [None, 6, 6, 64], 0), ("dropout_1", "Dropout", [None, 6, 6, 64], 0),
-    ("flatten", "Flatten", [None, 2304], 0), ("dense", "Dense", [None, 512], 1180160),
+    ("conv2d_2", "Conv2D", [None, 15, 15, 32], 9248), ("activation_2", "Activation", [None, 15, 15, 32], 0),
+    ("conv2d_3", "Conv2D", [None, 13, 13, 32], 9248), ("activation_3", "Activation", [None, 13, 13, 32], 0),
+    ("max_pooling2d_1", "MaxPooling2D", [None, 6, 6, 32], 0), ("dropout_1", "Dropout", [None, 6, 6, 32], 0),
+    ("flatten", "Flatten", [None, 1152], 0), ("dense", "Dense", [None, 512], 590336),
     ("activation_4", "Activation", [None, 512], 0), ("dropout_2", "Dropout", [None, 512], 0),
     ("dense_1", "Dense", [None, 10], 5130), ("activation_5", "Activation", [None, 10], 0),
 ]
@@ -271,7 +271,7 @@ def test_report_shows_the_run_and_matches_its_files(runs):
 
     # layer table total == Keras's count, and the worked example derived from conv2d
     total = re.search(r'id="layers-total">([^<]+)<', html).group(1)
-    assert int(total.replace(",", "")) == meta["model"]["params"] == 1_250_858
+    assert int(total.replace(",", "")) == meta["model"]["params"] == 624_106
     assert "equals Keras's count" in html
     example = " ".join(re.sub(r"<[^>]+>", "", re.search(r'id="worked-example">(.*?)</p>', html, re.S).group(1)).split())
     assert "3×3 kernel × 3 channels × 32 filters + 32 biases = 864 + 32 = 896" in example
