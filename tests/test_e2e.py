@@ -21,6 +21,7 @@ import json
 import re
 import time
 import uuid
+from datetime import timezone
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,26 @@ def task_states(client, flow_run_id) -> dict[str, str]:
     return {r.name: r.state.name for r in runs}
 
 
+def scheduled_runs(client, deployment_id, timeout: float = 90.0) -> list:
+    """Expected start times (UTC) of the deployment's Scheduled runs, waiting for the scheduler."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName,
+    )
+
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled"]))),
+        )
+        # a manual trigger is Scheduled too, for an instant: keep only those in the future
+        times = [r.expected_start_time.astimezone(timezone.utc) for r in runs
+                 if r.expected_start_time.timestamp() > time.time() + 60]
+        if times or time.monotonic() > deadline:
+            return times
+        time.sleep(2)
+
+
 def stage_states(states: dict[str, str]) -> dict[str, list[str]]:
     return {s: [v for k, v in states.items() if s in k.lower()] for s in CACHED_STAGES}
 
@@ -197,6 +218,13 @@ def test_served_deployment_runs_caches_and_is_scheduled(server, archive, project
         cold = stage_states(task_states(client, first_id))
         assert all(cold.values()), f"a stage's task run is missing: {cold}"
         assert "Cached" not in cold["train"], f"the cold run did not train: {cold}"
+
+        # The server's scheduler has queued the cron runs; one active run per deployment.
+        dep = client.read_deployment_by_name("cifar/e2e")
+        assert dep.global_concurrency_limit and dep.global_concurrency_limit.limit == 1, dep
+        upcoming = scheduled_runs(client, dep.id)
+        assert upcoming, "the scheduler created no scheduled run for cifar/e2e"
+        assert all((t.weekday(), t.hour, t.minute) == (0, 3, 0) for t in upcoming), upcoming
 
     meta1 = metadata_for(project, "e2e", first_id)
     assert Path(meta1["_dir"], "report.html").is_file()
