@@ -294,9 +294,22 @@ def _epochs(history: list[dict[str, Any]]) -> list[int]:
     return [int(h.get("epoch", i + 1)) for i, h in enumerate(history)]
 
 
+def _epoch_ticks(ax) -> None:
+    """Whole epochs on the x axis (matplotlib puts 0.6, 0.8, ... around a single epoch)."""
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = ax.get_xlim()
+    if hi - lo <= 25:
+        ax.set_xticks([e for e in range(1, int(hi) + 1) if e >= lo])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+STAGE_ORDER = ("download", "prepare", "train", "save", "report")
+
+
 def plot_history(history: list[dict[str, Any]]) -> bytes:
     """Accuracy and loss per epoch, train vs validation: the notebook's plot done right."""
-    from matplotlib.ticker import MaxNLocator
 
     fig = _figure(10, 3.6)
     ep = _epochs(history)
@@ -307,7 +320,7 @@ def plot_history(history: list[dict[str, Any]]) -> bytes:
         ax.set_title(f"{title} per epoch")
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_ticks(ax)
         ax.set_xlim(0.5, max(ep, default=1) + 0.5)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -317,22 +330,21 @@ def plot_history(history: list[dict[str, Any]]) -> bytes:
 def plot_comparison(this: tuple[str, list], champion: tuple[str, list] | None,
                     previous: list[tuple[str, list]]) -> bytes:
     """Validation accuracy per epoch: this run vs the champion (before it) and previous runs."""
-    from matplotlib.ticker import MaxNLocator
 
     fig = _figure(10, 3.6)
     ax = fig.subplots()
     for i, (label, hist) in enumerate(previous):
-        ax.plot(_epochs(hist), [h.get("val_accuracy") for h in hist], "-", color="0.6",
+        ax.plot(_epochs(hist), [h.get("val_accuracy") for h in hist], ".-", color="0.6",
                 alpha=0.9, lw=1, label="previous runs" if i == 0 else None)
     if champion:
-        ax.plot(_epochs(champion[1]), [h.get("val_accuracy") for h in champion[1]], "--",
+        ax.plot(_epochs(champion[1]), [h.get("val_accuracy") for h in champion[1]], "D--", ms=6,
                 color="#d4a017", lw=2, label=f"champion {champion[0]}")
     ax.plot(_epochs(this[1]), [h.get("val_accuracy") for h in this[1]], "o-", color="#1f77b4",
             lw=2.2, label=f"this run {this[0]}")
     ax.set_title("Validation accuracy per epoch: this run vs earlier runs")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_ticks(ax)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return _png(fig)
@@ -446,7 +458,6 @@ def plot_index_accuracy(rows: list[dict[str, Any]]) -> bytes:
 
 def plot_pair(a: dict[str, Any], b: dict[str, Any]) -> bytes:
     """Two pipelines' latest runs side by side: val accuracy, val loss, seconds per epoch."""
-    from matplotlib.ticker import MaxNLocator
 
     fig = _figure(12, 3.4, wspace=0.3)
     ax_acc, ax_loss, ax_t = fig.subplots(1, 3)
@@ -468,7 +479,7 @@ def plot_pair(a: dict[str, Any], b: dict[str, Any]) -> bytes:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax_t.set_ylim(bottom=0)
@@ -615,7 +626,8 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
         "counts_rows": [{"class": c, "train": (counts.get("train") or {}).get(c),
                          "test": (counts.get("test") or {}).get(c)} for c in classes],
         "validation": validation,
-        "stages": meta.get("stages") or {},
+        "stages": dict(sorted((meta.get("stages") or {}).items(),
+                              key=lambda kv: STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else 99)),
         "training": training,
         "epoch_seconds_total": sum(s for s in seconds if s is not None),
         "versions": meta.get("versions") or {},
