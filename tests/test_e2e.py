@@ -159,6 +159,22 @@ def scheduled_runs(client, deployment_id, timeout: float = 90.0) -> list:
         time.sleep(2)
 
 
+EPOCH_LINE = re.compile(r"^epoch \d+/\d+ ")  # the train stage's per-epoch log line
+
+
+def run_logs(client, flow_run_id, timeout: float = 30.0) -> list[str]:
+    """The flow run's log messages, once its last one ("done: ...") reached the server."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        msgs = [log.message for log in client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+        if any(m.startswith("done: ") for m in msgs) or time.monotonic() > deadline:
+            return msgs
+        time.sleep(1)
+
+
 def stage_states(states: dict[str, str]) -> dict[str, list[str]]:
     return {s: [v for k, v in states.items() if s in k.lower()] for s in CACHED_STAGES}
 
@@ -218,6 +234,8 @@ def test_served_deployment_runs_caches_and_is_scheduled(server, archive, project
         cold = stage_states(task_states(client, first_id))
         assert all(cold.values()), f"a stage's task run is missing: {cold}"
         assert "Cached" not in cold["train"], f"the cold run did not train: {cold}"
+        epochs = [m for m in run_logs(client, first_id) if EPOCH_LINE.match(m)]
+        assert len(epochs) == 1, f"the cold run should log exactly 1 epoch: {epochs}"
 
         # The server's scheduler has queued the cron runs; one active run per deployment.
         dep = client.read_deployment_by_name("cifar/e2e")
@@ -249,6 +267,9 @@ def test_served_deployment_runs_caches_and_is_scheduled(server, archive, project
             assert all(states.values()) and all(
                 v == ["Cached"] * len(v) for v in states.values()
             ), f"flow run {fr.name}: every stage should be a cache hit: {states}"
+            logs = run_logs(client, fr.id)
+            assert any(m.startswith("done: ") for m in logs), logs
+            assert not [m for m in logs if EPOCH_LINE.match(m)], f"a cached rerun trained: {logs}"
             assert run_seconds(fr) < run_seconds(fr1), (
                 f"a cached rerun took {run_seconds(fr):.1f} s, the cold run {run_seconds(fr1):.1f} s")
         # Deployment concurrency limit 1: the runs never overlapped and one of them waited.
