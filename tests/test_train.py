@@ -214,7 +214,9 @@ def test_train_commits_reuses_detects_corruption_and_is_reproducible(tiny, tmp_p
     assert set(hist[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
     assert (meta["strategy"], meta["precision"], meta["xla"], meta["resumed_from_epoch"]) == (
         "one_device", "float32", False, 0)
-    assert meta["params"] == 202_282 and meta["config"]["batch_size"] == 16
+    # 16x16 input: 16->14->7->7->5->2, Flatten 2*2*32 = 128, Dense 128*512+512 = 66,048
+    assert meta["params"] == 896 + 3 * 9248 + 66_048 + 5130 == 99_818
+    assert meta["config"]["batch_size"] == 16
     assert meta["preprocess"] == {"mean": None, "std": None}
     assert meta["seconds"] == pytest.approx(sum(r["seconds"] for r in hist), abs=1e-2)
     assert not (tmp_path / "a" / "models" / f"{rec.key}.work").exists()
