@@ -196,6 +196,24 @@ def augment_batch(images, seed):
     return tf.gather(out, cols, axis=2, batch_dims=1)
 
 
+def _tensor_from(a):
+    """A TensorFlow copy of an array. When the array is memory-mapped (the dataset cache), its
+    pages are released right after the copy, so the data stays resident once, not twice
+    (150 MB less peak memory on full CIFAR-10)."""
+    import mmap
+
+    import numpy as np
+    import tensorflow as tf
+
+    tensor = tf.constant(np.asarray(a))
+    base = a
+    while base is not None and not isinstance(getattr(base, "_mmap", None), mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None:
+        base._mmap.madvise(mmap.MADV_DONTNEED)  # file-backed: dropping the pages loses nothing
+    return tensor
+
+
 def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  augment: bool = False, mean=None, std=None):
     """A ``tf.data`` pipeline over uint8 arrays (memory-mapped ones welcome).
@@ -209,8 +227,8 @@ def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = Fal
 
     from tasks.prepare import one_hot, scale_pixels
 
-    images = tf.constant(np.asarray(x))
-    labels = tf.constant(np.asarray(y))
+    images = _tensor_from(x)
+    labels = _tensor_from(y)
     n = int(images.shape[0])
     ds = tf.data.Dataset.range(n)
     if shuffle:
