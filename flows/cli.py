@@ -233,6 +233,18 @@ def _quiet_expected_tracebacks() -> None:
             handler.addFilter(flt)
 
 
+def _hint(exc: CifarError) -> str | None:
+    """What to do next, for failures whose remedy is not the failing stage's business."""
+    from tasks.download import TransientDownloadError
+
+    if isinstance(exc, TransientDownloadError):
+        return ("If this machine cannot reach that URL: check the network or proxy, add `mirrors:` "
+                "to the dataset, or copy the archive here and set dataset.source to its path (the "
+                "same sha256 reuses everything). Offline, `cifar run smoke-jpeg` and `train-jpeg` "
+                "train on a local copy of CIFAR-10 as JPEG files.")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -242,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CifarError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if hint := _hint(exc):
+            print(hint, file=sys.stderr)
         return exc.exit_code
     except ImportError as exc:
         if exc.name and exc.name.startswith("tasks.") or "cannot import name" in str(exc):

@@ -89,3 +89,12 @@ def test_data_summary_formatting():
     assert "  cat                  2       1" in text
     assert "channel mean [0.5000, 0.2500, 0.1250]" in text
     assert "1/1 checks passed" in text and "download: 0.50 s (cached)" in text
+
+
+def test_an_unreachable_url_gets_a_next_step():
+    from flows.cli import _hint
+    from tasks.download import ChecksumError, TransientDownloadError
+
+    hint = _hint(TransientDownloadError("https://x/c.tgz: gaierror"))
+    assert "dataset.source" in hint and "mirrors" in hint and "smoke-jpeg" in hint
+    assert _hint(ChecksumError("bad")) is None  # its own message already says what to do
