@@ -72,7 +72,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict:
         f"p=subprocess.run({cmd!r}, cwd={str(ROOT)!r}, capture_output=True, text=True, env={{**os.environ, **{env or {}!r}}});"
         "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
         "print(json.dumps({'rc': p.returncode, 'peak_mb': r.ru_maxrss/1024, 'wall_s': time.perf_counter()-t,"
-        " 'tail': (p.stdout+p.stderr).strip().splitlines()[-1][:300] if (p.stdout+p.stderr).strip() else '',"
+        " 'tail': ([l for l in p.stdout.splitlines() if l.strip()] or [''])[-1][:300],"
         " 'out': (p.stdout+p.stderr)[-3000:]}))"
     )
     res = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -514,7 +514,7 @@ def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
         "store",
         trained.key,
         train_json.get("model_sha256"),
-        dataset.fingerprint,
+        dataset.content or dataset.fingerprint,
         pipeline["name"],
         pipeline.get("promote"),
         source_version(__file__),

@@ -354,9 +354,9 @@ def preprocess_stats(validation, prepare: PrepareConfig) -> dict[str, Any]:
 
 def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
               prepare: PrepareConfig) -> str:
-    """Content key: data fingerprint, model, full training config (seed included), the inputs'
+    """Content key: the data's content hash, model, full training config (seed included), the inputs'
     preprocessing and the code of this stage and of the scaling it uses."""
-    return stable_hash("train", dataset.fingerprint, model, cfg,
+    return stable_hash("train", dataset.content or dataset.fingerprint, model, cfg,
                        {"standardize": prepare.standardize, **preprocess_stats(validation, prepare)},
                        source_version(__file__, _PREPARE_PY))
 

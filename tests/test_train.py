@@ -193,7 +193,7 @@ def test_cache_key_covers_data_model_config_and_preprocessing(tiny):
         train_key(tiny, None, "seed_cnn", TrainingConfig(epochs=2, batch_size=16, seed=1), p),
         train_key(tiny, None, "seed_cnn", TrainingConfig(
             epochs=2, batch_size=16, optimizer=OptimizerConfig(learning_rate=1e-3)), p),
-        train_key(type(tiny)(**{**tiny.__dict__, "fingerprint": "other"}), None, "seed_cnn", TINY, p),
+        train_key(type(tiny)(**{**tiny.__dict__, "content": "other-arrays"}), None, "seed_cnn", TINY, p),
     }) == 5
     assert "other_model" not in MODELS
 
@@ -202,6 +202,23 @@ def test_cache_key_covers_data_model_config_and_preprocessing(tiny):
 
     assert train_key(tiny, Validation(), "seed_cnn", TINY, PrepareConfig(standardize=True)) != base
     assert train_key(tiny, Validation(), "seed_cnn", TINY, p) == base  # stats unused: same key
+
+
+def test_the_key_follows_the_data_not_the_decoder_that_wrote_it(tmp_path):
+    """A decoder change gives a new dataset fingerprint (the cache is rebuilt); if the arrays it
+    writes are the same, the training key is the same and nothing is retrained."""
+    rng = np.random.default_rng(3)
+    arrays = (rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), (np.arange(20) % 10).astype(np.uint8),
+              rng.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8), (np.arange(10) % 10).astype(np.uint8))
+    classes = [f"c{i}" for i in range(10)]
+    same_a = write_dataset_cache(tmp_path / "fp-old-decoder", *arrays, classes, {"source": "a"})
+    same_b = write_dataset_cache(tmp_path / "fp-new-decoder", *arrays, classes, {"source": "b"})
+    other = write_dataset_cache(tmp_path / "fp-other", arrays[0] ^ 1, *arrays[1:], classes, {})
+    assert same_a.fingerprint != same_b.fingerprint
+    p = PrepareConfig()
+    assert same_a.content and same_a.content == same_b.content != other.content
+    assert train_key(same_a, None, "seed_cnn", TINY, p) == train_key(same_b, None, "seed_cnn", TINY, p)
+    assert train_key(same_a, None, "seed_cnn", TINY, p) != train_key(other, None, "seed_cnn", TINY, p)
 
 
 def test_train_commits_reuses_detects_corruption_and_is_reproducible(tiny, tmp_path, caplog):
