@@ -261,12 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         if hint := _hint(exc):
             print(hint, file=sys.stderr)
         return exc.exit_code
-    except ImportError as exc:
-        if exc.name and exc.name.startswith("tasks.") or "cannot import name" in str(exc):
-            print(f"error: `cifar {args.command}` needs a stage that has not landed yet ({exc})",
-                  file=sys.stderr)
-            return 3
-        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
