@@ -68,7 +68,7 @@ def child(args: argparse.Namespace) -> None:
 
         SubprocessASGIServer().start()  # the singleton the flow engine's client then reuses
     mark("api_start_s")
-    summary = flows.cifar.run_pipeline(args.pipeline, overrides, False, str(settings.config_path))
+    summary = flows.cifar.cifar(pipeline=args.pipeline, overrides=overrides, config=str(settings.config_path))
     mark("flow_call_s")
     heavy = sorted(m for m in HEAVY if m in sys.modules)
     Path(args.child_out).write_text(json.dumps({

@@ -77,7 +77,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from tasks.cache import load_dataset

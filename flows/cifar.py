@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -145,11 +144,3 @@ def cifar_data(
 def _flow_run_id() -> str | None:
     rid = flow_run.id
     return str(rid) if rid else None
-
-
-def run_pipeline(pipeline: str, overrides: dict[str, Any], force: bool, config: str) -> dict[str, Any]:
-    """In-process entry point (``cifar run``) on whatever API is configured (embedded by default)."""
-    return cifar(pipeline=pipeline, overrides=overrides, force=force, config=config)
-
-
-FLOWS: dict[str, Callable[..., Any]] = {"cifar": cifar, "cifar-data": cifar_data}

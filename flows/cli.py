@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 # Never call home, before Prefect is imported anywhere (users run this on offline clusters).
@@ -70,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("report", help="regenerate a run's report (and the index) without retraining")
-    p.add_argument("run", help="a run folder, or a run id (searched under artifacts_dir)")
+    p.add_argument("run", help="a run folder, PIPELINE/RUN_ID, or a run id (searched under artifacts_dir)")
     _common(p)
     return parser
 
@@ -171,24 +170,11 @@ def cmd_report(args) -> int:
     settings = _settings(args)
     from tasks.report import regenerate
 
-    run_dir = _find_run(Path(args.run), settings.artifacts_dir)
-    report, index = regenerate(str(run_dir), str(settings.artifacts_dir))
+    # RUN: a run folder, PIPELINE/RUN_ID or a bare run id (resolved by the report stage)
+    report, index = regenerate(args.run, str(settings.artifacts_dir))
     print(f"index:  {index}")
     print(report)
     return 0
-
-
-def _find_run(run: Path, artifacts_dir: Path) -> Path:
-    if (run / "metadata.json").is_file():
-        return run.resolve()
-    matches = sorted(artifacts_dir.glob(f"*/runs/{run.name}"))
-    matches = [m for m in matches if (m / "metadata.json").is_file()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise CifarError(f"no run {str(run)!r}: give a run folder or an id listed by `cifar runs` "
-                         f"(searched {artifacts_dir}/*/runs/)")
-    raise CifarError(f"run id {run.name!r} matches several runs: {', '.join(map(str, matches))}; give the folder")
 
 
 def cmd_serve(args) -> int:
