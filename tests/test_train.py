@@ -27,6 +27,7 @@ from tasks.prepare import PrepareConfig
 from tasks.train import (
     MODELS,
     OptimizerConfig,
+    RowReader,
     TrainingConfig,
     TrainingError,
     build_model,
@@ -164,6 +165,37 @@ def test_input_pipeline_scales_encodes_and_reshuffles_each_epoch():
     np.testing.assert_allclose(plain[:, 0, 0, 0], np.arange(10) * 25 / 255, rtol=1e-6)
     std = epoch(make_dataset(x, y, 3, 4, mean=[0.5] * 3, std=[0.25] * 3))[0]
     np.testing.assert_allclose(std, (plain - 0.5) / 0.25, rtol=1e-5)
+
+
+def test_input_pipeline_reads_the_memory_mapped_cache_by_row(tmp_path):
+    # The cache's arrays are read per batch with positional reads (nothing of the dataset held in
+    # the process): the batches equal the in-memory path's, image for image, label for label.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (37, 5, 6, 3), dtype=np.uint8)
+    y = rng.integers(0, 4, 37, dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    reader = RowReader(mapped)
+    assert reader.filename == str(tmp_path / "x.npy")  # the pread path, not an in-memory copy
+    idx = np.array([36, 0, 17, 17, 5])
+    np.testing.assert_array_equal(reader(idx), x[idx])
+    for a, b in zip(make_dataset(mapped, y, 4, 8, shuffle=True, seed=5),
+                    make_dataset(x, y, 4, 8, shuffle=True, seed=5)):
+        np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+        np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+    assert not hasattr(RowReader(mapped[1:]), "filename")  # a view is indexed in memory instead
+
+
+def test_input_pipeline_names_a_cache_file_cut_short_under_it(tmp_path):
+    x = np.zeros((10, 4, 4, 3), np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    reader = RowReader(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    with open(tmp_path / "x.npy", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 48 * 3)  # the last three rows gone
+    with pytest.raises(TrainingError, match=r"x\.npy: row 9 is cut short \(0 of 48 bytes\)"):
+        reader(np.array([0, 9]))
+    with pytest.raises(TrainingError, match="differ in length: 10 vs 9"):
+        make_dataset(x, np.zeros(9, np.uint8), 2, 4)
 
 
 def test_augmentation_flips_and_shifts_within_the_image():
