@@ -23,6 +23,7 @@ import http.client
 import io
 import os
 import pickle
+import queue
 import socket
 import ssl
 import stat
@@ -41,6 +42,11 @@ from zlib import error as zlibError
 
 import numpy as np
 from prefect import task
+
+try:  # zlib-ng inflates the 170 MB CIFAR-10 archive ~1.4x faster than zlib, same format and API
+    from zlib_ng import zlib_ng as _inflater
+except ImportError:  # pragma: no cover - a platform without its wheels: the standard zlib
+    _inflater = zlib
 from prefect.tasks import exponential_backoff
 
 from tasks import cache as _cache_module
@@ -661,80 +667,167 @@ def iter_tar(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: 
     ``digest`` is a list, the sha256 of the archive file is appended to it at the end.
     """
     where = str(path)
-    budget = _Budget(max_bytes, where)
     with open(path, "rb") as raw:
         reader = _HashingReader(raw)
         buffered = io.BufferedReader(reader, CHUNK)
-        try:
-            tf = tarfile.open(fileobj=buffered, mode="r|*")
-        except tarfile.TarError as exc:
-            raise DatasetFormatError(f"{where} is not a readable tar archive: {exc}") from exc
-        with tf:
-            try:
-                for m in tf:
-                    name = _check_member(m, where, budget, dirs)
-                    if name is not None and wanted(name):
-                        yield name, tf.extractfile(m).read()
-            except (tarfile.TarError, EOFError, OSError, zlibError) as exc:
-                raise DatasetFormatError(f"{where}: the archive is corrupt or truncated ({exc})") from exc
+        yield from _iter_tar_stream(buffered, where, wanted, _Budget(max_bytes, where), dirs, "r|*")
         if digest is not None:
             buffered.read()  # rest of the stream buffered in
             digest.append(reader.finish())
 
 
-def _inflate_gzip(raw: bytes, max_bytes: int, where: str) -> bytes:
-    """The whole gzip stream (all members) in large calls; zlib releases the GIL meanwhile.
-    Stops at ``max_bytes`` + one tar block of output (archive-bomb cap)."""
-    out, data = [], raw
-    limit = max_bytes + (1 << 20)
-    try:
-        while data:
-            d = zlib.decompressobj(31)
-            out.append(d.decompress(data, limit - sum(map(len, out))))
-            if d.unconsumed_tail:
-                raise UnsafeArchiveError(f"{where}: inflates to more than {max_bytes / 2**20:,.0f} MiB; "
-                                         "refused as a possible archive bomb. Raise dataset.max_extract_mb "
-                                         "if it is genuine.")
-            if not d.eof:
-                raise DatasetFormatError(f"{where}: the gzip stream is truncated")
-            data = d.unused_data if d.unused_data.strip(b"\0") else b""
-    except zlib.error as exc:
-        raise DatasetFormatError(f"{where}: the archive is corrupt ({exc})") from exc
-    return out[0] if len(out) == 1 else b"".join(out)
+class _Inflating(io.RawIOBase):
+    """The inflated bytes of a .gz file, produced ahead by a background thread.
+
+    The thread reads the file in 1 MiB chunks, hands each to a hashing thread and inflates it
+    (zlib-ng, or zlib, both release the GIL) into a bounded queue, so inflating, hashing and
+    the consumer's parsing run at once on separate cores. Inflated output is capped at
+    ``max_bytes`` + 1 MiB (archive bombs); a truncated or corrupt stream raises in the consumer.
+    The bytes hashed are the bytes inflated: ``sha256()`` is the digest of what was decoded.
+    """
+
+    AHEAD = 16  # chunks of inflated output queued ahead of the consumer (<= 64 MiB)
+
+    def __init__(self, path: str | os.PathLike, max_bytes: int, where: str):
+        super().__init__()
+        self._path, self._where, self._limit = path, where, max_bytes + (1 << 20)
+        self._max_mb = max_bytes / 2**20
+        self._out: queue.Queue = queue.Queue(self.AHEAD)
+        self._raw: queue.Queue = queue.Queue(self.AHEAD)
+        self._sha = hashlib.sha256()
+        self._buf, self._pos, self._done = b"", 0, False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._hasher = threading.Thread(target=self._hash, name="cifar-archive-hash", daemon=True)
+        self._producer = threading.Thread(target=self._produce, name="cifar-archive-inflate", daemon=True)
+        self._hasher.start()
+        self._producer.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _hash(self) -> None:
+        while True:
+            try:
+                chunk = self._raw.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            if chunk is None:
+                return
+            self._sha.update(chunk)
+
+    def _produce(self) -> None:
+        total = 0
+        try:
+            with open(self._path, "rb") as f:
+                d = _inflater.decompressobj(31)
+                while chunk := f.read(CHUNK):
+                    self._put(self._raw, chunk)
+                    data = chunk
+                    while data and not self._stop.is_set():
+                        if d.eof:  # another gzip member follows, or trailing zero padding
+                            if not data.strip(b"\0"):
+                                break
+                            d = _inflater.decompressobj(31)
+                        out = d.decompress(data, 4 * CHUNK)  # bounded: a bomb cannot balloon here
+                        data = d.unconsumed_tail if not d.eof else d.unused_data
+                        if out:
+                            total += len(out)
+                            if total > self._limit:
+                                raise UnsafeArchiveError(
+                                    f"{self._where}: inflates to more than {self._max_mb:,.0f} MiB; refused "
+                                    "as a possible archive bomb. Raise dataset.max_extract_mb if it is genuine.")
+                            self._put(self._out, out)
+                    if self._stop.is_set():
+                        return
+                if not d.eof:
+                    raise DatasetFormatError(f"{self._where}: the gzip stream is truncated "
+                                             f"(after {total:,} inflated bytes)")
+        except (zlib.error, _inflater.error) as exc:
+            self._error = DatasetFormatError(f"{self._where}: the archive is corrupt ({exc})")
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+            self._error = exc
+        finally:
+            self._put(self._raw, None)
+            self._put(self._out, None)
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            if self._done:
+                return 0
+            item = self._out.get()
+            if item is None:
+                self._done = True
+                if self._error is not None:
+                    raise self._error
+                return 0
+            self._buf, self._pos = item, 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def sha256(self) -> str:
+        """The archive's digest; call after reading to the end."""
+        scratch = bytearray(CHUNK)
+        while self.readinto(scratch):
+            pass
+        self._hasher.join()
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        self._stop.set()  # an abandoned read: the threads drop out instead of blocking
+        super().close()
 
 
-def iter_tar_in_memory(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: int,
-                       dirs: set[str] | None = None, digest: list | None = None) -> Iterator[tuple[str, memoryview]]:
-    """Like :func:`iter_tar`, faster for a .tar.gz of a few hundred MB (CIFAR-10): the file is
-    read once, hashed in a second thread while it inflates in this one (both release the GIL),
-    and members come back as zero-copy views into the inflated tar."""
-    where = str(path)
-    raw = Path(path).read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        yield from iter_tar(path, wanted, max_bytes, dirs, digest)
-        return
-    sha = hashlib.sha256()
-    hasher = threading.Thread(target=sha.update, args=(raw,), daemon=True)
-    hasher.start()
+def _iter_tar_stream(fileobj, where: str, wanted: Callable[[str], bool], budget: _Budget,
+                     dirs: set[str] | None, mode: str) -> Iterator[tuple[str, bytes]]:
     try:
-        tar_bytes = _inflate_gzip(raw, max_bytes, where)
-    finally:
-        hasher.join()
-    del raw
-    view = memoryview(tar_bytes)
-    budget = _Budget(max_bytes, where)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
+        tf = tarfile.open(fileobj=fileobj, mode=mode, bufsize=CHUNK)
+    except tarfile.TarError as exc:
+        raise DatasetFormatError(f"{where} is not a readable tar archive: {exc}") from exc
+    with tf:
+        try:
             for m in tf:
                 name = _check_member(m, where, budget, dirs)
                 if name is not None and wanted(name):
-                    if m.offset_data + m.size > len(tar_bytes):
-                        raise DatasetFormatError(f"{where}: member {name!r} is truncated")
-                    yield name, view[m.offset_data:m.offset_data + m.size]
-    except tarfile.TarError as exc:
-        raise DatasetFormatError(f"{where}: the archive is corrupt or truncated ({exc})") from exc
-    if digest is not None:
-        digest.append(sha.hexdigest())
+                    data = tf.extractfile(m).read()
+                    if len(data) != m.size:
+                        raise DatasetFormatError(f"{where}: member {name!r} is truncated "
+                                                 f"({len(data):,} of {m.size:,} bytes)")
+                    yield name, data
+        except (tarfile.TarError, EOFError, OSError, zlibError) as exc:
+            raise DatasetFormatError(f"{where}: the archive is corrupt or truncated ({exc})") from exc
+
+
+def iter_tar_threaded(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: int,
+                      dirs: set[str] | None = None, digest: list | None = None) -> Iterator[tuple[str, bytes]]:
+    """Like :func:`iter_tar`, faster for a .tar.gz (CIFAR-10's 170 MB): the archive inflates and
+    is hashed in background threads while the caller parses each member as it arrives, so
+    decoding overlaps decompression. Other compressions go through :func:`iter_tar`."""
+    where = str(path)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":
+        yield from iter_tar(path, wanted, max_bytes, dirs, digest)
+        return
+    stream = _Inflating(path, max_bytes, where)
+    try:
+        yield from _iter_tar_stream(stream, where, wanted, _Budget(max_bytes, where), dirs, "r|")
+        if digest is not None:
+            digest.append(stream.sha256())
+    finally:
+        stream.close()
 
 
 def iter_zip(path: str | os.PathLike, wanted: Callable[[str], bool], max_bytes: int,
@@ -894,18 +987,21 @@ def _assemble(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
 def decode_binary(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
     names = [f"{BIN_DIR}/{b}.bin" for b in (*TRAIN_BATCHES, "test_batch")]
     meta = f"{BIN_DIR}/batches.meta.txt"
-    got = dict(iter_tar_in_memory(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
+    got: dict[str, Any] = {}
+    # Each batch is checked and converted as it comes out of the archive (while the rest inflates).
+    for name, data in iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest):
+        if name == meta:
+            got[name] = data
+            continue
+        a = _binary_records(data, f"{path}:{name}")
+        _check_labels(a[:, 0], len(CIFAR10_CLASSES), f"{path}:{name}")
+        got[name] = (planar_to_hwc(a[:, 1:]), a[:, 0].copy())
     _missing(got, [*names, meta], str(path), "cifar10-binary")
     classes = _check_classes([ln.strip() for ln in bytes(got[meta]).decode("utf-8", "replace").splitlines()
                               if ln.strip()], f"{path}:{meta}")
-    parts = []
-    for n in names:
-        a = _binary_records(got[n], f"{path}:{n}")
-        _check_labels(a[:, 0], len(classes), f"{path}:{n}")
-        parts.append((a[:, 1:], a[:, 0]))
-    x_train, y_train = _assemble(parts[:5])
-    x_test, y_test = _assemble(parts[5:])
-    return x_train, y_train, x_test, y_test, classes
+    x_train = _stack([got[n][0] for n in names[:5]])
+    y_train = _stack([got[n][1] for n in names[:5]])
+    return x_train, y_train, got[names[5]][0], got[names[5]][1], classes
 
 
 def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -930,7 +1026,7 @@ def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.nd
 def decode_python(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
     names = [f"{PY_DIR}/{b}" for b in (*TRAIN_BATCHES, "test_batch")]
     meta = f"{PY_DIR}/batches.meta"
-    got = dict(iter_tar_in_memory(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
+    got = dict(iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
     _missing(got, [*names, meta], str(path), "cifar10-python")
     m = safe_unpickle(got[meta], f"{path}:{meta}")
     raw = m.get(b"label_names", m.get("label_names")) if isinstance(m, dict) else None

@@ -3,6 +3,7 @@ for the retry and cache slice. No mocks."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -27,6 +28,7 @@ from archives import (
     flip,
     ignore_range,
     random_split,
+    sha256_of,
     slow,
     status,
     write_tar,
@@ -44,6 +46,7 @@ from tasks.download import (
     decode_and_cache,
     decode_archive,
     fetch,
+    iter_tar_threaded,
     parse_binary_batch,
 )
 
@@ -272,6 +275,66 @@ def test_unsafe_members_are_refused_and_nothing_is_written(tmp_path, kind):
 def test_archive_bomb_cap(tmp_path, binary):
     with pytest.raises(UnsafeArchiveError, match="archive bomb"):
         decode_archive(binary.path, "cifar10-binary", 20_000)
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members:
+            add_bytes(tf, name, data)
+    return buf.getvalue()
+
+
+def test_gzip_stream_faults_are_clear_errors_and_multi_member_gzip_decodes(tmp_path, binary):
+    import gzip
+
+    raw = binary.path.read_bytes()
+    tar = gzip.decompress(raw)
+    cut_short = tmp_path / "cut.tar.gz"
+    cut_short.write_bytes(raw[: len(raw) * 2 // 3])
+    with pytest.raises(DatasetFormatError, match=r"cut\.tar\.gz.*(truncated|corrupt)"):
+        decode_archive(cut_short, "cifar10-binary", 100 * MB)
+    bad = bytearray(raw)
+    bad[len(raw) // 2] ^= 0xFF
+    (tmp_path / "bad.tar.gz").write_bytes(bytes(bad))
+    with pytest.raises(DatasetFormatError, match=r"bad\.tar\.gz.*(corrupt|truncated)"):
+        decode_archive(tmp_path / "bad.tar.gz", "cifar10-binary", 100 * MB)
+    # two gzip members back to back (what `cat a.gz b.gz` makes) are one stream
+    (tmp_path / "multi.tar.gz").write_bytes(gzip.compress(tar[:70_001]) + gzip.compress(tar[70_001:]))
+    digest: list[str] = []
+    got = decode_archive(tmp_path / "multi.tar.gz", "cifar10-binary", 100 * MB, digest=digest)
+    assert np.array_equal(got[0], binary.x_train) and np.array_equal(got[3], binary.y_test)
+    assert digest == [sha256_of(tmp_path / "multi.tar.gz")]
+
+
+def test_inflated_size_is_capped_even_past_the_last_member(tmp_path, binary):
+    import gzip
+
+    # a valid archive followed by 64 MiB of zeros that gzip squeezes to ~64 KB: inflating stops
+    # at the cap instead of filling memory, and the archive is refused
+    tar = gzip.decompress(binary.path.read_bytes())
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(tar + bytes(64 * MB), compresslevel=9))
+    assert bomb.stat().st_size < MB
+    with pytest.raises(UnsafeArchiveError, match=r"bomb\.tar\.gz: inflates to more than 2 MiB"):
+        decode_archive(bomb, "cifar10-binary", 2 * MB, digest=[])
+
+
+def test_an_abandoned_threaded_read_stops_its_threads(tmp_path):
+    import gzip
+
+    path = tmp_path / "big.tar.gz"
+    path.write_bytes(gzip.compress(_tar_bytes([(f"m{i}", bytes(8 * MB)) for i in range(24)]), 1))
+    names = []
+    with contextlib.closing(iter_tar_threaded(path, lambda n: True, 1024 * MB)) as members:
+        names.append(next(members)[0])  # the producer is now blocked, 64 MiB ahead
+    assert names == ["m0"]
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("cifar-archive") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the archive threads outlived the abandoned read"
+        time.sleep(0.05)
 
 
 def test_malformed_binary_inputs_name_the_member(tmp_path):
