@@ -24,7 +24,6 @@ import io
 import os
 import pickle
 import queue
-import socket
 import ssl
 import stat
 import sys
