@@ -44,7 +44,7 @@ x_train = x_train / 255
 x_test = x_test / 255
 y_train = keras.utils.to_categorical(y_train, 10)
 y_test = keras.utils.to_categorical(y_test, 10)
-keras.utils.set_random_seed(42)
+keras.utils.set_random_seed({seed})
 model = keras.Sequential([
     keras.Input(shape=x_train.shape[1:]),
     layers.Conv2D(32, 3, padding="same", activation="relu"), layers.Conv2D(32, 3, activation="relu"),
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--pipeline", default="train-jpeg")
+    ap.add_argument("--seed", type=int, default=42, help="the notebook way's seed (the pipeline's is its own)")
     ap.add_argument("--notebook-only", action="store_true",
                     help="only the notebook's way (e.g. --epochs 20 for its final accuracy)")
     ap.add_argument("--out", default=str(OUT / "memory.json"))
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_before": os.getloadavg()},
     }
     result["notebook"] = measure(
-        [sys.executable, "-c", NOTEBOOK.format(root=str(ROOT), epochs=args.epochs)], env)
+        [sys.executable, "-c", NOTEBOOK.format(root=str(ROOT), epochs=args.epochs, seed=args.seed)], env)
     ways = ["notebook"]
     if not args.notebook_only:
         result["pipeline"] = measure([sys.executable, "-m", "flows.cli", "run", args.pipeline,

@@ -1,6 +1,7 @@
 """Seed spread of a pipeline's final test accuracy: the same recipe trained with several seeds.
 
     .venv/bin/python -m bench.bench_seeds [--pipeline train-jpeg] [--seeds 42 43 44 45]
+                                          [--notebook-seeds 43 44] [--epochs 20]
 
 One 20-epoch ``train-jpeg`` run is a single draw: weight initialisation, dropout masks and the
 shuffle order all follow the seed, and on CIFAR-10 with the notebook's recipe the final accuracy
@@ -9,8 +10,13 @@ training.seed=S`` once per seed, as a user types it, one after another (each use
 with artifacts in bench/out/seed-artifacts so the real registry is untouched. A seed whose model
 is already trained (same dataset, config and code) is a cache hit and costs seconds.
 
+``--notebook-seeds`` also trains the course notebook's own code path (bench.bench_memory's
+NOTEBOOK: arrays in memory, ``x / 255``, ``to_categorical``, ``model.fit(shuffle=True)``, the same
+model, optimizer and schedule, ``keras.utils.set_random_seed(S)``) for ``--epochs`` epochs on the
+same images, so the two ways' spreads can be compared.
+
 Results: bench/out/seeds.json (per seed: test accuracy, wall seconds, run folder) and a printed
-table with the mean, standard deviation, minimum and maximum.
+summary per way: mean, standard deviation, minimum and maximum.
 """
 
 from __future__ import annotations
@@ -48,6 +54,21 @@ def run_seed(pipeline: str, seed: int, artifacts: Path, env: dict[str, str]) -> 
             "run": str(report.parent)}
 
 
+def run_notebook(seed: int, epochs: int, env: dict[str, str]) -> dict:
+    from bench.bench_memory import NOTEBOOK
+
+    code = NOTEBOOK.format(root=str(ROOT), epochs=epochs, seed=seed)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True,
+                          text=True, env=env)
+    wall = time.perf_counter() - t0
+    last = ([ln for ln in proc.stdout.splitlines() if ln.startswith("val_accuracy ")] or [""])[-1].split()
+    if proc.returncode != 0 or len(last) < 2:
+        raise SystemExit(f"the notebook's code, seed {seed}, failed ({proc.returncode}):\n"
+                         f"{(proc.stdout + proc.stderr)[-3000:]}")
+    return {"seed": seed, "test_accuracy": round(float(last[1]), 4), "epochs": epochs, "wall_s": round(wall, 1)}
+
+
 def summarise(accuracies: list[float]) -> dict:
     return {"n": len(accuracies), "mean": round(statistics.fmean(accuracies), 4),
             "stdev": round(statistics.stdev(accuracies), 4) if len(accuracies) > 1 else None,
@@ -57,25 +78,39 @@ def summarise(accuracies: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pipeline", default="train-jpeg")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44, 45])
+    ap.add_argument("--notebook-seeds", type=int, nargs="*", default=[],
+                    help="also train the notebook's own code with these seeds (about 15 min each)")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the notebook's code")
     ap.add_argument("--out", default=str(OUT / "seeds.json"))
     args = ap.parse_args(argv)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_API_URL": "",
            "PREFECT_HOME": str(OUT / "prefect-home")}
     artifacts = OUT / "seed-artifacts"
-    result: dict = {"pipeline": args.pipeline, "runs": [],
+    result: dict = {"pipeline": args.pipeline, "runs": [], "notebook_runs": [],
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
-        row = run_seed(args.pipeline, seed, artifacts, env)
-        result["runs"].append(row)
-        print(f"seed {seed:>4}: test accuracy {row['test_accuracy']:.4f}  ({row['wall_s']:.0f} s)", flush=True)
-        result["summary"] = summarise([r["test_accuracy"] for r in result["runs"]])
+    jobs = [("pipeline", s) for s in args.seeds] + [("notebook", s) for s in args.notebook_seeds]
+    for way, seed in jobs:
+        if way == "pipeline":
+            row = run_seed(args.pipeline, seed, artifacts, env)
+            result["runs"].append(row)
+        else:
+            row = run_notebook(seed, args.epochs, env)
+            result["notebook_runs"].append(row)
+        print(f"{way:<9} seed {seed:>4}: test accuracy {row['test_accuracy']:.4f}  ({row['wall_s']:.0f} s)",
+              flush=True)
+        for key, runs in (("summary", result["runs"]), ("notebook_summary", result["notebook_runs"])):
+            if runs:
+                result[key] = summarise([r["test_accuracy"] for r in runs])
         result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out.write_text(json.dumps(result, indent=2) + "\n")  # after each seed: a long sweep can be cut
-    s = result["summary"]
-    print(f"{s['n']} seeds: mean {s['mean']:.4f}, stdev {s['stdev']}, min {s['min']:.4f}, max {s['max']:.4f}")
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after each run: a long sweep can be cut
+    for way, key in (("pipeline", "summary"), ("notebook", "notebook_summary")):
+        if key in result:
+            s = result[key]
+            print(f"{way}: {s['n']} seeds, mean {s['mean']:.4f}, stdev {s['stdev']}, "
+                  f"min {s['min']:.4f}, max {s['max']:.4f}")
     print(f"written: {out}")
     return 0
 

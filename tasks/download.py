@@ -792,7 +792,8 @@ class _Inflating(io.RawIOBase):
 def _iter_tar_stream(fileobj, where: str, wanted: Callable[[str], bool], budget: _Budget,
                      dirs: set[str] | None, mode: str) -> Iterator[tuple[str, bytes]]:
     try:
-        tf = tarfile.open(fileobj=fileobj, mode=mode, bufsize=CHUNK)
+        tf = tarfile.open(fileobj=fileobj, mode=mode)  # default 10 KiB blocks: a bigger bufsize
+        # makes each small read copy the rest of the buffer (60,000 JPEG members: 3x slower)
     except tarfile.TarError as exc:
         raise DatasetFormatError(f"{where} is not a readable tar archive: {exc}") from exc
     with tf:
