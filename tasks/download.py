@@ -970,38 +970,51 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
 
 
-def _assemble(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Planar (N_i, 3072) pixel rows + labels of several batches -> one (N, 32, 32, 3) array,
-    written in place (no concatenate, one allocation)."""
-    n = sum(len(y) for _, y in parts)
-    x = np.empty((n, 32, 32, 3), dtype=np.uint8)
-    y = np.empty((n,), dtype=np.uint8)
-    at = 0
-    for px, lab in parts:
-        planar_to_hwc(px, x[at:at + len(lab)])
-        y[at:at + len(lab)] = lab
-        at += len(lab)
-    return x, y
+class _Split:
+    """One split's batches (train: data_batch_1..5), each converted to (N, 32, 32, 3) as it comes
+    out of the archive -- straight into the split's single array while the batches are all one
+    size (the official archives: no concatenation afterwards)."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.x, self.n = names, None, None
+        self.parts: dict[str, tuple[np.ndarray | None, np.ndarray]] = {}
+
+    def add(self, name: str, planar: np.ndarray, y: np.ndarray) -> None:
+        if self.n is None:
+            self.n = len(y)
+            self.x = np.empty((self.n * len(self.names), 32, 32, 3), dtype=np.uint8)
+        if len(y) == self.n and name not in self.parts:
+            i = self.names.index(name)
+            planar_to_hwc(planar, self.x[i * self.n:(i + 1) * self.n])
+            self.parts[name] = (None, y)  # None: in place in self.x
+        else:
+            self.parts[name] = (planar_to_hwc(planar), y)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        y = _stack([self.parts[n][1] for n in self.names])
+        if all(self.parts[n][0] is None for n in self.names):
+            return self.x, y
+        at = {n: i * self.n for i, n in enumerate(self.names)}
+        return _stack([x if x is not None else self.x[at[n]:at[n] + self.n]
+                       for n, (x, _) in ((n, self.parts[n]) for n in self.names)]), y
 
 
 def decode_binary(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
     names = [f"{BIN_DIR}/{b}.bin" for b in (*TRAIN_BATCHES, "test_batch")]
     meta = f"{BIN_DIR}/batches.meta.txt"
+    train, test = _Split(names[:5]), _Split(names[5:])
     got: dict[str, Any] = {}
     # Each batch is checked and converted as it comes out of the archive (while the rest inflates).
     for name, data in iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest):
-        if name == meta:
-            got[name] = data
-            continue
-        a = _binary_records(data, f"{path}:{name}")
-        _check_labels(a[:, 0], len(CIFAR10_CLASSES), f"{path}:{name}")
-        got[name] = (planar_to_hwc(a[:, 1:]), a[:, 0].copy())
+        got[name] = data if name == meta else True
+        if name != meta:
+            a = _binary_records(data, f"{path}:{name}")
+            _check_labels(a[:, 0], len(CIFAR10_CLASSES), f"{path}:{name}")
+            (train if name in train.names else test).add(name, a[:, 1:], a[:, 0].copy())
     _missing(got, [*names, meta], str(path), "cifar10-binary")
     classes = _check_classes([ln.strip() for ln in bytes(got[meta]).decode("utf-8", "replace").splitlines()
                               if ln.strip()], f"{path}:{meta}")
-    x_train = _stack([got[n][0] for n in names[:5]])
-    y_train = _stack([got[n][1] for n in names[:5]])
-    return x_train, y_train, got[names[5]][0], got[names[5]][1], classes
+    return (*train.arrays(), *test.arrays(), classes)
 
 
 def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1026,17 +1039,21 @@ def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.nd
 def decode_python(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
     names = [f"{PY_DIR}/{b}" for b in (*TRAIN_BATCHES, "test_batch")]
     meta = f"{PY_DIR}/batches.meta"
-    got = dict(iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest))
+    train, test = _Split(names[:5]), _Split(names[5:])
+    got: dict[str, Any] = {}
+    # Each batch is unpickled (allow-listed) and converted as it arrives, while the rest inflates.
+    for name, data in iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest):
+        got[name] = data if name == meta else True
+        if name != meta:
+            x, y = parse_python_batch(data, f"{path}:{name}", len(CIFAR10_CLASSES))
+            (train if name in train.names else test).add(name, x, y)
     _missing(got, [*names, meta], str(path), "cifar10-python")
     m = safe_unpickle(got[meta], f"{path}:{meta}")
     raw = m.get(b"label_names", m.get("label_names")) if isinstance(m, dict) else None
     if not isinstance(raw, list):
         raise DatasetFormatError(f"{path}:{meta}: no 'label_names' list")
     classes = _check_classes([c.decode() if isinstance(c, bytes) else str(c) for c in raw], f"{path}:{meta}")
-    parsed = [parse_python_batch(got.pop(n), f"{path}:{n}", len(classes)) for n in names]
-    x_train, y_train = _assemble(parsed[:5])
-    x_test, y_test = _assemble(parsed[5:])
-    return x_train, y_train, x_test, y_test, classes
+    return (*train.arrays(), *test.arrays(), classes)
 
 
 def _decode_image(name: str, data: bytes) -> np.ndarray:

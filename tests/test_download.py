@@ -229,6 +229,20 @@ def test_python_archive_decodes_to_the_same_arrays(tmp_path):
     assert a[4] == b[4] == CIFAR10_CLASSES
 
 
+@pytest.mark.parametrize("n_train", [25, 23])  # equal batches (5 x 5), then 5,5,5,4,4
+def test_batches_in_any_order_and_of_uneven_size_assemble_in_batch_order(tmp_path, n_train):
+    arrays = random_split(n_train, 6, seed=4)
+    members = binary_members(*arrays)
+    shuffled = [members[0], *reversed(members[1:])]  # test_batch first, data_batch_5 before 1
+    path = write_tar(tmp_path / "r" / "cifar-10-binary.tar.gz", shuffled)
+    got = decode_archive(path, "cifar10-binary", 100 * MB)
+    for a, want in zip(got[:4], arrays):
+        assert np.array_equal(a, want) and a.flags.c_contiguous
+    py = build_python_archive(tmp_path / "py", arrays=arrays)
+    for a, want in zip(decode_archive(py.path, "cifar10-python", 100 * MB)[:4], arrays):
+        assert np.array_equal(a, want)
+
+
 def test_malicious_pickle_is_refused_and_its_code_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
     evil = evil_pickle(os.system, f"touch {marker}")
