@@ -236,10 +236,10 @@ def test_batches_in_any_order_and_of_uneven_size_assemble_in_batch_order(tmp_pat
     shuffled = [members[0], *reversed(members[1:])]  # test_batch first, data_batch_5 before 1
     path = write_tar(tmp_path / "r" / "cifar-10-binary.tar.gz", shuffled)
     got = decode_archive(path, "cifar10-binary", 100 * MB)
-    for a, want in zip(got[:4], arrays):
+    for a, want in zip(got[:4], arrays, strict=True):
         assert np.array_equal(a, want) and a.flags.c_contiguous
     py = build_python_archive(tmp_path / "py", arrays=arrays)
-    for a, want in zip(decode_archive(py.path, "cifar10-python", 100 * MB)[:4], arrays):
+    for a, want in zip(decode_archive(py.path, "cifar10-python", 100 * MB)[:4], arrays, strict=True):
         assert np.array_equal(a, want)
 
 
