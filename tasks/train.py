@@ -215,9 +215,11 @@ class RowReader:
         self.row_bytes = int(np.prod(self.shape, dtype=np.int64)) * a.dtype.itemsize
         self._array = None
         self._fd = None
-        # Only an original mapping of a C-ordered file (a view's offset would not be its own).
+        self.vectored = hasattr(os, "preadv")  # else os.pread and a copy (platforms without it)
+        # Only an original mapping of a C-ordered file (a view's offset would not be its own);
+        # where the OS has no positional reads at all (Windows), the mapping is indexed instead.
         if (isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap) and a.flags.c_contiguous
-                and getattr(a, "filename", None)):
+                and getattr(a, "filename", None) and hasattr(os, "pread")):
             self.filename, self.offset = str(a.filename), int(a.offset)
             self._fd = os.open(self.filename, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         else:
@@ -232,7 +234,13 @@ class RowReader:
         view = memoryview(out.reshape(-1).view(np.uint8))
         size, base = self.row_bytes, self.offset
         for j, i in enumerate(np.asarray(idx, np.int64).tolist()):
-            got = os.preadv(self._fd, [view[j * size:(j + 1) * size]], base + i * size)
+            row = view[j * size:(j + 1) * size]
+            if self.vectored:
+                got = os.preadv(self._fd, [row], base + i * size)
+            else:
+                data = os.pread(self._fd, size, base + i * size)
+                got = len(data)
+                row[:got] = data
             if got != size:
                 raise TrainingError(f"{self.filename}: row {i} is cut short ({got} of {size} bytes); "
                                     "the dataset cache changed under training -- run again to rebuild it")

@@ -179,6 +179,9 @@ def test_input_pipeline_reads_the_memory_mapped_cache_by_row(tmp_path):
     assert reader.filename == str(tmp_path / "x.npy")  # the pread path, not an in-memory copy
     idx = np.array([36, 0, 17, 17, 5])
     np.testing.assert_array_equal(reader(idx), x[idx])
+    reader.vectored = False  # the os.pread fallback (platforms without preadv)
+    np.testing.assert_array_equal(reader(idx), x[idx])
+    reader.vectored = True
     for a, b in zip(make_dataset(mapped, y, 4, 8, shuffle=True, seed=5),
                     make_dataset(x, y, 4, 8, shuffle=True, seed=5)):
         np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
@@ -192,8 +195,10 @@ def test_input_pipeline_names_a_cache_file_cut_short_under_it(tmp_path):
     reader = RowReader(np.load(tmp_path / "x.npy", mmap_mode="r"))
     with open(tmp_path / "x.npy", "r+b") as f:
         f.truncate(f.seek(0, 2) - 48 * 3)  # the last three rows gone
-    with pytest.raises(TrainingError, match=r"x\.npy: row 9 is cut short \(0 of 48 bytes\)"):
-        reader(np.array([0, 9]))
+    for vectored in (True, False):
+        reader.vectored = vectored
+        with pytest.raises(TrainingError, match=r"x\.npy: row 9 is cut short \(0 of 48 bytes\)"):
+            reader(np.array([0, 9]))
     with pytest.raises(TrainingError, match="differ in length: 10 vs 9"):
         make_dataset(x, np.zeros(9, np.uint8), 2, 4)
 
