@@ -41,11 +41,6 @@ from zlib import error as zlibError
 
 import numpy as np
 from prefect import task
-
-try:  # zlib-ng inflates the 170 MB CIFAR-10 archive ~1.4x faster than zlib, same format and API
-    from zlib_ng import zlib_ng as _inflater
-except ImportError:  # pragma: no cover - a platform without its wheels: the standard zlib
-    _inflater = zlib
 from prefect.tasks import exponential_backoff
 
 from tasks import cache as _cache_module
@@ -60,6 +55,11 @@ from tasks.common import (
     source_version,
     stable_hash,
 )
+
+try:  # zlib-ng inflates the 170 MB CIFAR-10 archive ~1.4x faster than zlib, same format and API
+    from zlib_ng import zlib_ng as _inflater
+except ImportError:  # pragma: no cover - a platform without its wheels: the standard zlib
+    _inflater = zlib
 
 OFFICIAL = {
     "cifar10-binary": {
@@ -991,30 +991,44 @@ class _Split:
             self.parts[name] = (planar_to_hwc(planar), y)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        xs = [self.parts[n][0] for n in self.names]
         y = _stack([self.parts[n][1] for n in self.names])
-        if all(self.parts[n][0] is None for n in self.names):
+        if all(x is None for x in xs):
             return self.x, y
-        at = {n: i * self.n for i, n in enumerate(self.names)}
-        return _stack([x if x is not None else self.x[at[n]:at[n] + self.n]
-                       for n, (x, _) in ((n, self.parts[n]) for n in self.names)]), y
+        return _stack([self.x[i * self.n:(i + 1) * self.n] if x is None else x
+                       for i, x in enumerate(xs)]), y
+
+
+def _read_batches(path, fmt: str, folder: str, suffix: str, meta: str, max_bytes: int,
+                  digest: list | None, parse: Callable[[bytes, str], tuple[np.ndarray, np.ndarray]]):
+    """Both CIFAR-10 layouts: ``parse`` turns each batch into planar pixels + labels the moment
+    it comes out of the archive (while the rest inflates). Returns the train and test arrays and
+    the raw bytes of the ``meta`` member (class names)."""
+    names = [f"{folder}/{b}{suffix}" for b in (*TRAIN_BATCHES, "test_batch")]
+    meta = f"{folder}/{meta}"
+    train, test = _Split(names[:5]), _Split(names[5:])
+    got: dict[str, bytes | None] = {}
+    for name, data in iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest):
+        if name == meta:
+            got[name] = data
+        else:
+            got[name] = None  # converted already; only its presence is kept
+            (train if name in train.names else test).add(name, *parse(data, f"{path}:{name}"))
+    _missing(got, [*names, meta], str(path), fmt)
+    return (*train.arrays(), *test.arrays()), got[meta], f"{path}:{meta}"
 
 
 def decode_binary(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
-    names = [f"{BIN_DIR}/{b}.bin" for b in (*TRAIN_BATCHES, "test_batch")]
-    meta = f"{BIN_DIR}/batches.meta.txt"
-    train, test = _Split(names[:5]), _Split(names[5:])
-    got: dict[str, Any] = {}
-    # Each batch is checked and converted as it comes out of the archive (while the rest inflates).
-    for name, data in iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest):
-        got[name] = data if name == meta else True
-        if name != meta:
-            a = _binary_records(data, f"{path}:{name}")
-            _check_labels(a[:, 0], len(CIFAR10_CLASSES), f"{path}:{name}")
-            (train if name in train.names else test).add(name, a[:, 1:], a[:, 0].copy())
-    _missing(got, [*names, meta], str(path), "cifar10-binary")
-    classes = _check_classes([ln.strip() for ln in bytes(got[meta]).decode("utf-8", "replace").splitlines()
-                              if ln.strip()], f"{path}:{meta}")
-    return (*train.arrays(), *test.arrays(), classes)
+    def parse(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+        a = _binary_records(data, where)
+        _check_labels(a[:, 0], len(CIFAR10_CLASSES), where)
+        return a[:, 1:], a[:, 0].copy()
+
+    arrays, meta, where = _read_batches(path, "cifar10-binary", BIN_DIR, ".bin", "batches.meta.txt",
+                                        max_bytes, digest, parse)
+    classes = _check_classes([ln.strip() for ln in meta.decode("utf-8", "replace").splitlines()
+                              if ln.strip()], where)
+    return (*arrays, classes)
 
 
 def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1037,23 +1051,15 @@ def parse_python_batch(data: bytes, where: str, num_classes: int) -> tuple[np.nd
 
 
 def decode_python(path: str | os.PathLike, max_bytes: int, digest: list | None = None) -> Arrays:
-    names = [f"{PY_DIR}/{b}" for b in (*TRAIN_BATCHES, "test_batch")]
-    meta = f"{PY_DIR}/batches.meta"
-    train, test = _Split(names[:5]), _Split(names[5:])
-    got: dict[str, Any] = {}
-    # Each batch is unpickled (allow-listed) and converted as it arrives, while the rest inflates.
-    for name, data in iter_tar_threaded(path, lambda n: n in names or n == meta, max_bytes, digest=digest):
-        got[name] = data if name == meta else True
-        if name != meta:
-            x, y = parse_python_batch(data, f"{path}:{name}", len(CIFAR10_CLASSES))
-            (train if name in train.names else test).add(name, x, y)
-    _missing(got, [*names, meta], str(path), "cifar10-python")
-    m = safe_unpickle(got[meta], f"{path}:{meta}")
+    arrays, meta, where = _read_batches(
+        path, "cifar10-python", PY_DIR, "", "batches.meta", max_bytes, digest,
+        lambda data, where: parse_python_batch(data, where, len(CIFAR10_CLASSES)))
+    m = safe_unpickle(meta, where)
     raw = m.get(b"label_names", m.get("label_names")) if isinstance(m, dict) else None
     if not isinstance(raw, list):
-        raise DatasetFormatError(f"{path}:{meta}: no 'label_names' list")
-    classes = _check_classes([c.decode() if isinstance(c, bytes) else str(c) for c in raw], f"{path}:{meta}")
-    return (*train.arrays(), *test.arrays(), classes)
+        raise DatasetFormatError(f"{where}: no 'label_names' list")
+    classes = _check_classes([c.decode() if isinstance(c, bytes) else str(c) for c in raw], where)
+    return (*arrays, classes)
 
 
 def _decode_image(name: str, data: bytes) -> np.ndarray:
