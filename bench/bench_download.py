@@ -84,7 +84,7 @@ def inflate_pieces(archive: Path, s: dict, repeat: int) -> str:
 
 def write_pieces(ds, where: Path, s: dict, repeat: int) -> None:
     """Writing the cache (arrays hashed as written, each fsynced, manifest) vs np.save alone."""
-    from tasks.cache import write_dataset_cache
+    from tasks.core.datacache import write_dataset_cache
 
     arrays = [np.asarray(a) for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test)]
 
@@ -104,7 +104,7 @@ def write_pieces(ds, where: Path, s: dict, repeat: int) -> None:
 
 def main(repeat: int = 3) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tasks.cache import cache_problems, load_dataset
+    from tasks.core.datacache import cache_problems, load_dataset
     from tasks.download import DatasetConfig, decode_and_cache, fetch
 
     binary, bin_sha = cached(build_binary_archive, OUT / "cifar-10-binary.tar.gz")

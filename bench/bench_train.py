@@ -49,8 +49,8 @@ def subset(n_train: int, n_test: int):
 
 
 def ensure_cache(arrays, name: str):
-    from tasks.cache import cache_problems, record_from_manifest, write_dataset_cache
-    from tasks.common import read_json
+    from tasks.core.datacache import cache_problems, record_from_manifest, write_dataset_cache
+    from tasks.core.files import read_json
 
     path = OUT / "train-data" / "datasets" / name
     if not cache_problems(path, verify_checksums=False):
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from tasks.cache import load_dataset
+    from tasks.core.datacache import load_dataset
     from tasks.train import TrainingConfig, build_model, make_dataset, make_optimizer, resolve_runtime
 
     t0 = time.perf_counter()

@@ -49,8 +49,8 @@ def _peak_mb() -> float:
 
 def ensure_cache():
     """The real images as a dataset cache (tasks.cache layout), written once."""
-    from tasks.cache import cache_problems, record_from_manifest, write_dataset_cache
-    from tasks.common import read_json
+    from tasks.core.datacache import cache_problems, record_from_manifest, write_dataset_cache
+    from tasks.core.files import read_json
 
     path = DATA / "datasets" / FINGERPRINT
     if not cache_problems(path, verify_checksums=False):
@@ -65,8 +65,8 @@ def ensure_cache():
 
 
 def child_ours() -> dict:
-    from tasks.cache import record_from_manifest
-    from tasks.common import read_json
+    from tasks.core.datacache import record_from_manifest
+    from tasks.core.files import read_json
     from tasks.prepare import PrepareConfig, validate_cached_dataset
 
     import pandas  # noqa: F401  (imported lazily by the stage; count it as an import, not data)

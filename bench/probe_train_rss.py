@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     import keras
 
     rss("tf imported")
-    from tasks.cache import load_dataset
+    from tasks.core.datacache import load_dataset
     from tasks.train import OptimizerConfig, build_model, make_dataset, make_optimizer
 
     data = load_dataset(argv[0])

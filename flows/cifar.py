@@ -11,22 +11,13 @@ from prefect import flow, tags
 from prefect.runtime import flow_run
 
 from flows.config import DEFAULT_CONFIG, PipelineConfig, Settings, load_settings
-from tasks.common import get_logger, local_result_dirs
+from tasks.core.caching import bind_local
+from tasks.core.logs import get_logger
 
 
 def _run_name() -> str:
     params = flow_run.parameters or {}
     return f"{params.get('pipeline', 'cifar')} · {datetime.now():%Y-%m-%d %H:%M}"
-
-
-def _local(task, data_dir: str, **options):
-    """Bind a task's results and cache records to <data_dir>/prefect/, not ~/.prefect."""
-    dirs = local_result_dirs(data_dir)
-    return task.with_options(
-        result_storage=dirs["results"],  # a Path: Prefect wraps it in a LocalFileSystem
-        cache_policy=task.cache_policy.configure(key_storage=dirs["keys"]),
-        **options,
-    )
 
 
 class _Stages:
@@ -39,7 +30,7 @@ class _Stages:
     def run(self, stage: str, task, *args, refresh: bool = False, options: dict | None = None, **kwargs):
         t0 = time.perf_counter()
         opts = {**(options or {}), **({"refresh_cache": True} if refresh else {})}
-        state = _local(task, self.data_dir, **opts)(*args, return_state=True, **kwargs)
+        state = bind_local(task, self.data_dir, **opts)(*args, return_state=True, **kwargs)
         result = state.result()  # raises the stage's own error when it failed
         entry = self.times.setdefault(stage, {"seconds": 0.0, "cache_hit": True})
         entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 3)

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from flows.config import DEFAULT_CONFIG, Settings, load_settings, parse_set  # noqa: E402
-from tasks.common import CifarError  # noqa: E402
+from tasks.core.errors import CifarError
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tasks.common import ConfigError
+from tasks.core.errors import ConfigError
 from tasks.download import DatasetConfig
 from tasks.prepare import PrepareConfig
 from tasks.report import ReportConfig

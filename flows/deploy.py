@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import PipelineConfig, Settings
-from tasks.common import CifarError
+from tasks.core.errors import CifarError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ENTRYPOINT = "flows/cifar.py:cifar"

@@ -43,18 +43,14 @@ import numpy as np
 from prefect import task
 from prefect.tasks import exponential_backoff
 
-from tasks import cache as _cache_module
-from tasks.cache import DatasetRecord, cache_problems, record_from_manifest, write_dataset_cache
-from tasks.common import (
-    CifarError,
-    VerifiedCache,
-    atomic_write_json,
-    file_lock,
-    get_logger,
-    read_json,
-    source_version,
-    stable_hash,
-)
+from tasks.core import datacache as _cache_module
+from tasks.core.settings import SETTINGS
+from tasks.core.datacache import DatasetRecord, cache_problems, record_from_manifest, write_dataset_cache
+from tasks.core.caching import VerifiedCache
+from tasks.core.errors import CifarError
+from tasks.core.files import atomic_write_json, file_lock, read_json
+from tasks.core.hashing import code_fingerprint, stable_hash
+from tasks.core.logs import get_logger
 
 try:  # zlib-ng inflates the 170 MB CIFAR-10 archive ~1.4x faster than zlib, same format and API
     from zlib_ng import zlib_ng as _inflater
@@ -86,12 +82,14 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 CHUNK = 1 << 20
 PROGRESS_EVERY_S = 2.0
 # Part of every cache key: a change to the decoder or the cache format rebuilds the cache.
-CODE_VERSION = source_version(__file__, _cache_module.__file__)
+CODE_VERSION = code_fingerprint(sys.modules[__name__], _cache_module)
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
     """``dataset:`` in pipelines.yaml."""
+
+    __pydantic_config__ = SETTINGS
 
     format: Literal["cifar10-binary", "cifar10-python", "image-folder"] = "cifar10-binary"
     source: str | None = None  # https URL, file:// URL or local path; None = the official URL

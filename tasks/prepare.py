@@ -22,17 +22,14 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from tasks.cache import DatasetRecord, cache_problems, load_dataset
-from tasks.common import (
-    CifarError,
-    VerifiedCache,
-    atomic_write_json,
-    file_lock,
-    get_logger,
-    read_json,
-    source_version,
-    stable_hash,
-)
+from tasks.core.settings import SETTINGS
+from tasks.core.pixels import one_hot, scale_pixels
+from tasks.core.datacache import DatasetRecord, cache_problems, load_dataset
+from tasks.core.caching import VerifiedCache
+from tasks.core.errors import CifarError
+from tasks.core.files import atomic_write_json, file_lock, read_json
+from tasks.core.hashing import code_fingerprint, stable_hash
+from tasks.core.logs import get_logger
 
 CHUNK = 512  # images per chunk: 6 MB of float32 at 32x32x3; cache-sized chunks beat 4096 by 3-4x
 FIRST = 5  # how many failing row indices a message shows
@@ -41,6 +38,8 @@ FIRST = 5  # how many failing row indices a message shows
 @dataclass(frozen=True)
 class PrepareConfig:
     """``prepare:`` in pipelines.yaml."""
+
+    __pydantic_config__ = SETTINGS
 
     standardize: bool = False  # per-channel (x - mean) / std after scaling to [0, 1]
     balance_tolerance: float = 0.1  # max relative deviation of a class count from the mean
@@ -80,46 +79,6 @@ class ValidationRecord:
 
 
 # --------------------------------------------------------------------------- scaling, encoding
-def _is_tf(x: Any) -> bool:
-    """A tf tensor can only exist once TensorFlow is imported: never import it to find out."""
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and tf.is_tensor(x)
-
-
-def scale_pixels(x, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
-    """Pixels 0..255 -> float32 in [0, 1]; with ``mean``/``std`` (per channel, of the scaled
-    pixels) also standardised. NumPy in, NumPy out; tf tensor in, tf tensor out."""
-    if (mean is None) != (std is None):
-        raise ValueError("scale_pixels: give both mean and std, or neither")
-    if _is_tf(x):
-        import tensorflow as tf
-
-        out = tf.cast(x, tf.float32) / 255.0
-        if mean is not None:
-            out = (out - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-        return out
-    out = np.array(x, dtype=np.float32)  # always a new array (a cast, then in place: 4x faster
-    out /= np.float32(255)                # than np.divide(..., dtype=float32); same values)
-    if mean is not None:
-        out -= np.asarray(mean, dtype=np.float32)
-        out /= np.asarray(std, dtype=np.float32)
-    return out
-
-
-def one_hot(y, num_classes: int):
-    """Integer labels (N,) -> float32 (N, num_classes). A label outside 0..num_classes-1 gives an
-    all-zero row (as ``tf.one_hot`` does), which validation reports."""
-    if _is_tf(y):
-        import tensorflow as tf
-
-        return tf.one_hot(tf.cast(y, tf.int32), num_classes, dtype=tf.float32)
-    y = np.asarray(y).reshape(-1)
-    out = np.zeros((y.shape[0], num_classes), dtype=np.float32)
-    ok = (y >= 0) & (y < num_classes)
-    out[np.flatnonzero(ok), y[ok].astype(np.intp)] = 1.0
-    return out
-
-
 # --------------------------------------------------------------------------- summary frames
 def _shape_str(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
@@ -309,7 +268,7 @@ def _image_hint(check: str, frame, rows) -> str:
         top = float(bad["max"].max())
         if top > 10:
             return (f"max is {top:g}: the pixels look unscaled (0..255); scale them with "
-                    "tasks.prepare.scale_pixels (x / 255 as float32)")
+                    "tasks.core.pixels.scale_pixels (x / 255 as float32)")
         return (f"max is {top:g}: values above 1 after scaling: standardised data where [0, 1] "
                 "pixels are expected, a source that is not 8-bit, or a wrong scale factor")
     if check == "pixels >= 0":
@@ -324,10 +283,10 @@ def _image_hint(check: str, frame, rows) -> str:
         got = str(bad["dtype"].iloc[0])
         if got == "float64":
             return ("float64 input: x / 255 on uint8 gives float64 (4x the memory of float32 "
-                    "and not what the model uses); use tasks.prepare.scale_pixels")
+                    "and not what the model uses); use tasks.core.pixels.scale_pixels")
         if got.startswith(("uint", "int")):
-            return f"{got} input: the pixels were not scaled; use tasks.prepare.scale_pixels"
-        return f"{got} input: expected float32 from tasks.prepare.scale_pixels"
+            return f"{got} input: the pixels were not scaled; use tasks.core.pixels.scale_pixels"
+        return f"{got} input: expected float32 from tasks.core.pixels.scale_pixels"
     if check.startswith("shape is"):
         return (f"images are {bad['shape'].iloc[0]}: a different dataset, or a channels-first / "
                 "flattened layout")
@@ -525,7 +484,7 @@ def _passed_detail(name: str, frames) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def validation_key(dataset: DatasetRecord, cfg: PrepareConfig) -> str:
-    return stable_hash("validate", dataset.fingerprint, cfg, source_version(__file__))
+    return stable_hash("validate", dataset.fingerprint, cfg, code_fingerprint(sys.modules[__name__]))
 
 
 def validation_path(data_dir: str, key: str) -> Path:

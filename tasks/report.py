@@ -17,6 +17,7 @@ import io
 import itertools
 import math
 import re
+import sys
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,17 +26,12 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import (
-    CifarError,
-    VerifiedCache,
-    atomic_write_text,
-    get_logger,
-    read_json,
-    sha256_file,
-    source_version,
-    stable_hash,
-    to_jsonable,
-)
+from tasks.core.settings import SETTINGS
+from tasks.core.caching import VerifiedCache
+from tasks.core.errors import CifarError
+from tasks.core.files import atomic_write_text, read_json
+from tasks.core.hashing import code_fingerprint, hash_file, stable_hash, to_jsonable
+from tasks.core.logs import get_logger
 
 TEMPLATES = Path(__file__).parent / "templates"
 RUN_FILES = ("metadata.json", "metrics.json", "history.json", "predictions.npz")
@@ -44,6 +40,8 @@ RUN_FILES = ("metadata.json", "metrics.json", "history.json", "predictions.npz")
 @dataclass(frozen=True)
 class ReportConfig:
     """``report:`` in pipelines.yaml."""
+
+    __pydantic_config__ = SETTINGS
 
     sample_images: int = 40  # test images shown with true/predicted labels
     confident_mistakes: int = 12
@@ -524,7 +522,7 @@ def _fmt_when(s: str) -> str:
 
 def template_version() -> str:
     """Hash of this module and the templates: part of the report's cache key."""
-    return source_version(__file__, *sorted(TEMPLATES.glob("*.j2")))
+    return code_fingerprint(sys.modules[__name__], *sorted(TEMPLATES.glob("*.j2")))
 
 
 CONFIG_ORDER = ("name", "description", "expect", "dataset", "prepare", "model", "training",
@@ -641,7 +639,7 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
 
 
 def _load_test_images(meta: dict[str, Any]):
-    from tasks.cache import load_dataset
+    from tasks.core.datacache import load_dataset
 
     path = (meta.get("dataset") or {}).get("path")
     if not path or not (Path(path) / "manifest.json").is_file():
@@ -777,8 +775,8 @@ def publish_artifacts(meta: dict[str, Any], metrics: dict[str, Any], report: Pat
 
 def _report_key(inputs: dict[str, Any]) -> str:
     run_dir = Path(inputs["run"].path)
-    return stable_hash("report", sha256_file(run_dir / "metadata.json"),
-                       sha256_file(run_dir / "metrics.json"), inputs["cfg"], template_version())
+    return stable_hash("report", hash_file(run_dir / "metadata.json").sha256,
+                       hash_file(run_dir / "metrics.json").sha256, inputs["cfg"], template_version())
 
 
 def _report_valid(inputs: dict[str, Any], key: str) -> bool:

@@ -29,6 +29,7 @@ import os
 import platform
 import secrets
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,19 +39,12 @@ from typing import Any, Literal
 import numpy as np
 from prefect import task
 
-from tasks.common import (
-    CifarError,
-    VerifiedCache,
-    atomic_write_json,
-    atomic_write_text,
-    file_lock,
-    get_logger,
-    read_json,
-    sha256_file,
-    source_version,
-    stable_hash,
-    to_jsonable,
-)
+from tasks.core.settings import SETTINGS
+from tasks.core.caching import VerifiedCache
+from tasks.core.errors import CifarError
+from tasks.core.files import atomic_write_json, atomic_write_text, file_lock, read_json
+from tasks.core.hashing import code_fingerprint, hash_file, stable_hash, to_jsonable
+from tasks.core.logs import get_logger
 
 EVAL_BATCH = 128  # test images per predict call: at 1,000 the activations alone took ~300 MB more peak memory
 _EPS = 1e-7  # probability clip in the cross-entropy, as Keras does
@@ -60,6 +54,8 @@ _TOL = 1e-12  # float slack when comparing an improvement with min_delta
 @dataclass(frozen=True)
 class PromoteConfig:
     """``promote:`` in pipelines.yaml: when a new run replaces the champion."""
+
+    __pydantic_config__ = SETTINGS
 
     metric: Literal["test_accuracy", "test_loss"] = "test_accuracy"
     direction: Literal["max", "min"] = "max"
@@ -227,7 +223,7 @@ def sha256_tree(path: str | os.PathLike) -> str:
     root = Path(path)
     h = hashlib.sha256()
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(f"{p.relative_to(root).as_posix()}\0{sha256_file(p)}\n".encode())
+        h.update(f"{p.relative_to(root).as_posix()}\0{hash_file(p).sha256}\n".encode())
     return h.hexdigest()
 
 
@@ -429,7 +425,7 @@ def prune_runs(pipeline_dir: str | os.PathLike, keep_last: int | None, champion_
 # =========================================================================== evaluation
 def verify_model_file(model_path: str | os.PathLike, expected_sha256: str, recorded_in: str) -> None:
     """Raise ModelIntegrityError unless the file's sha256 is the one recorded; call before loading."""
-    actual = sha256_file(model_path)
+    actual = hash_file(model_path).sha256
     if actual != expected_sha256:
         raise ModelIntegrityError(
             f"{model_path}: sha256 {actual[:16]}... differs from {expected_sha256[:16]}... recorded in "
@@ -440,8 +436,8 @@ def verify_model_file(model_path: str | os.PathLike, expected_sha256: str, recor
 
 def predict_probs(model, x: np.ndarray, mean=None, std=None, batch_size: int = EVAL_BATCH) -> np.ndarray:
     """Class probabilities (N, C) float32 for uint8 images ``x`` (a memory map is fine), scaled
-    batch by batch with ``tasks.prepare.scale_pixels`` exactly as in training."""
-    from tasks.prepare import scale_pixels
+    batch by batch with ``tasks.core.pixels.scale_pixels`` exactly as in training."""
+    from tasks.core.pixels import scale_pixels
 
     out = []
     for i in range(0, len(x), batch_size):
@@ -517,7 +513,7 @@ def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
         dataset.content or dataset.fingerprint,
         pipeline["name"],
         pipeline.get("promote"),
-        source_version(__file__),
+        code_fingerprint(sys.modules[__name__]),
     )
 
 
@@ -553,7 +549,7 @@ def existing_run(pipeline_dir: str | os.PathLike, key: str) -> Path | None:
             (meta.get("cache_keys") or {}).get("store") == key
             and model.is_file()
             and (run_dir / "metrics.json").is_file()
-            and sha256_file(model) == (meta.get("files") or {}).get("model.keras")
+            and hash_file(model).sha256 == (meta.get("files") or {}).get("model.keras")
         ):
             return run_dir
     return None
@@ -601,7 +597,7 @@ def store_run(
             model = keras.models.load_model(tmp / "model.keras", safe_mode=True, compile=False)
 
             # 2. evaluate on the cached test split (memory-mapped), scaled as in training
-            from tasks.cache import cache_problems, load_dataset
+            from tasks.core.datacache import cache_problems, load_dataset
 
             problems = cache_problems(dataset.path, verify_checksums=False)
             if problems:
@@ -623,7 +619,7 @@ def store_run(
             atomic_write_text(tmp / "history.csv", history_csv(history))
             model.export(str(tmp / "savedmodel"), format="tf_saved_model", verbose=False)
             files = {
-                n: sha256_file(tmp / n)
+                n: hash_file(tmp / n).sha256
                 for n in ("model.keras", "metrics.json", "predictions.npz", "history.json", "history.csv")
             }
             files["savedmodel"] = sha256_tree(tmp / "savedmodel")

@@ -33,22 +33,16 @@ from typing import Any, Literal
 
 from prefect import task
 
-from tasks.cache import DatasetRecord, load_dataset
-from tasks.common import (
-    CifarError,
-    VerifiedCache,
-    atomic_write_json,
-    file_lock,
-    get_logger,
-    read_json,
-    sha256_file,
-    source_version,
-    stable_hash,
-    to_jsonable,
-)
+from tasks.core.settings import SETTINGS
+from tasks.core.datacache import DatasetRecord, load_dataset
+from tasks.core.caching import VerifiedCache
+from tasks.core.errors import CifarError
+from tasks.core.files import atomic_write_json, file_lock, read_json
+from tasks.core.hashing import code_fingerprint, hash_file, stable_hash, to_jsonable
+from tasks.core.logs import get_logger
+from tasks.core import pixels
 from tasks.prepare import PrepareConfig
 
-_PREPARE_PY = Path(__file__).with_name("prepare.py")
 
 
 class TrainingError(CifarError):
@@ -57,6 +51,10 @@ class TrainingError(CifarError):
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """``training.optimizer:`` in pipelines.yaml."""
+
+    __pydantic_config__ = SETTINGS
+
     name: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
     learning_rate: float = 1e-4
     decay: float = 1e-6  # Keras 2's per-step `decay`, as InverseTimeDecay(lr, 1, decay)
@@ -66,6 +64,8 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     """``training:`` in pipelines.yaml."""
+
+    __pydantic_config__ = SETTINGS
 
     epochs: int = 20
     batch_size: int = 32
@@ -264,7 +264,7 @@ def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = Fal
     import numpy as np
     import tensorflow as tf
 
-    from tasks.prepare import one_hot, scale_pixels
+    from tasks.core.pixels import one_hot, scale_pixels
 
     if len(x) != len(y):
         raise TrainingError(f"images and labels differ in length: {len(x)} vs {len(y)}")
@@ -405,7 +405,7 @@ def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfi
     preprocessing and the code of this stage and of the scaling it uses."""
     return stable_hash("train", dataset.content or dataset.fingerprint, model, cfg,
                        {"standardize": prepare.standardize, **preprocess_stats(validation, prepare)},
-                       source_version(__file__, _PREPARE_PY))
+                       code_fingerprint(sys.modules[__name__], pixels))
 
 
 def model_dir(data_dir, key: str) -> Path:
@@ -430,7 +430,7 @@ def trained_problems(path) -> list[str]:
     model = path / "model.keras"
     if not model.is_file():
         return [f"{model} is missing"]
-    if sha256_file(model) != digest:
+    if hash_file(model).sha256 != digest:
         return [f"{model} was altered (sha256 differs from train.json)"]
     if not (path / "history.json").is_file():
         return [f"{path / 'history.json'} is missing"]
@@ -631,7 +631,7 @@ def _commit(out: Path, work: Path, model, tracker: _EpochTracker, *, key, model_
     atomic_write_json(out / "train.json", {
         "key": key,
         "model": model_name,
-        "model_sha256": sha256_file(out / "model.keras"),
+        "model_sha256": hash_file(out / "model.keras").sha256,
         "dataset_fingerprint": dataset.fingerprint,
         "epochs": len(rows),
         "seconds": round(seconds, 3),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.config import load_settings, parse_set
-from tasks.common import ConfigError
+from tasks.core.errors import ConfigError
 from tasks.download import OFFICIAL
 
 REPO = Path(__file__).resolve().parent.parent

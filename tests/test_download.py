@@ -34,7 +34,7 @@ from archives import (
     write_tar,
     wrong_offset,
 )
-from tasks.cache import cache_problems, load_dataset
+from tasks.core.datacache import cache_problems, load_dataset
 from tasks.download import (
     ChecksumError,
     DatasetConfig,
@@ -442,11 +442,9 @@ def test_image_folder_errors_name_the_file_or_folder(tmp_path, kind):
 # --------------------------------------------------------------------------- Prefect slice
 def _bound(task, data_dir: Path, **options):
     """Bind results and cache records under data_dir, as the flow does."""
-    from tasks.common import local_result_dirs
+    from tasks.core.caching import bind_local
 
-    dirs = local_result_dirs(data_dir)
-    return task.with_options(result_storage=dirs["results"],
-                             cache_policy=task.cache_policy.configure(key_storage=dirs["keys"]), **options)
+    return bind_local(task, data_dir, **options)
 
 
 @pytest.mark.engine

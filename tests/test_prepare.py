@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.cache import write_dataset_cache
+from tasks.core.datacache import write_dataset_cache
 from tasks.prepare import (
     DataValidationError,
     PrepareConfig,
@@ -237,13 +237,9 @@ def _cache(data_dir: Path, name: str, y_test=None):
 
 def _local(task, data_dir: Path):
     """Bind results and cache records to <data_dir>/prefect/, as flows/cifar.py does."""
-    from tasks.common import local_result_dirs
+    from tasks.core.caching import bind_local
 
-    dirs = local_result_dirs(data_dir)
-    return task.with_options(
-        result_storage=dirs["results"],
-        cache_policy=task.cache_policy.configure(key_storage=dirs["keys"]),
-    )
+    return bind_local(task, data_dir)
 
 
 @pytest.mark.engine

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.cache import DatasetRecord, write_dataset_cache
-from tasks.common import atomic_write_json, read_json, stable_hash
+from tasks.core.datacache import DatasetRecord, write_dataset_cache
+from tasks.core.files import atomic_write_json, read_json
+from tasks.core.hashing import stable_hash
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 XSS = "<script>alert(1)</script>"
@@ -103,7 +104,7 @@ def make_run(artifacts_dir: Path, dataset: DatasetRecord, pipeline: str, created
              seconds_per_epoch: float = 40.0, seed: int = 0) -> Path:
     """A complete run folder exactly in the store stage's format; promotion and the registry are
     decided like store does (accuracy beats the champion's), from the runs already on disk."""
-    from tasks.cache import load_dataset
+    from tasks.core.datacache import load_dataset
 
     y_true = np.asarray(load_dataset(dataset.path).y_test, dtype=np.int64)
     y_pred, probs = fake_predictions(y_true, skill, seed)
@@ -304,7 +305,7 @@ def test_report_without_the_dataset_cache_says_so(runs, tmp_path):
 
 
 def test_incomplete_run_folder_names_the_missing_file(runs, tmp_path):
-    from tasks.common import CifarError
+    from tasks.core.errors import CifarError
     from tasks.report import render_report
 
     (tmp_path / "r").mkdir()
@@ -383,13 +384,8 @@ def test_report_in_headless_chromium(runs, tmp_path):
 def test_build_report_task_publishes_artifacts_and_caches(runs, prefect_engine):
     from prefect import flow
 
-    from tasks.common import local_result_dirs
+    from tasks.core.caching import bind_local as _local  # what the flow does
     from tasks.report import ReportConfig, ReportRecord, build_report
-
-    def _local(task, data_dir):  # what the flow does (CONTRACT: results + keys in <data_dir>/prefect/)
-        dirs = local_result_dirs(data_dir)
-        return task.with_options(result_storage=dirs["results"],
-                                 cache_policy=task.cache_policy.configure(key_storage=dirs["keys"]))
 
     run_dir = runs["wide"][0]
     meta = read_json(run_dir / "metadata.json")

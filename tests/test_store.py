@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.cache import write_dataset_cache
-from tasks.common import sha256_file
+from tasks.core.datacache import write_dataset_cache
+from tasks.core.hashing import hash_file
 from tasks.prepare import ValidationRecord, scale_pixels
 from tasks.store import (
     ModelIntegrityError,
@@ -79,7 +79,7 @@ def write_trained(root: Path, key: str, dataset, constant: int | None = None) ->
     class (zero kernels, large bias); else fit one epoch on the 30 training images."""
     import keras
 
-    from tasks.cache import load_dataset
+    from tasks.core.datacache import load_dataset
 
     keras.utils.set_random_seed(1)
     model = _model()
@@ -104,7 +104,7 @@ def write_trained(root: Path, key: str, dataset, constant: int | None = None) ->
     model.save(tdir / "model.keras")
     (tdir / "history.json").write_text(json.dumps({"epochs": epochs}))
     train_json = {
-        "key": key, "model": "tiny", "model_sha256": sha256_file(tdir / "model.keras"), "epochs": 1,
+        "key": key, "model": "tiny", "model_sha256": hash_file(tdir / "model.keras").sha256, "epochs": 1,
         "seconds": 0.5, "seconds_per_epoch": 0.5, "devices": ["/physical_device:CPU:0"],
         "strategy": "one_device", "precision": "float32", "xla": False, "resumed_from_epoch": None,
         "preprocess": {"mean": mean, "std": std}, "params": model.count_params(),
@@ -233,7 +233,7 @@ def test_run_folder_is_complete_and_self_describing(saved, dataset, models):
     assert meta["promotion"]["promoted"] and meta["promotion"]["reason"] == "first run of this pipeline"
     # every file's sha256 is recorded, and the model is the train stage's file, byte for byte
     for name, digest in meta["files"].items():
-        actual = sha256_tree(rdir / name) if name == "savedmodel" else sha256_file(rdir / name)
+        actual = sha256_tree(rdir / name) if name == "savedmodel" else hash_file(rdir / name).sha256
         assert actual == digest, name
     assert meta["files"]["model.keras"] == train_json["model_sha256"]
     # metrics agree with the saved predictions over the 20 cached test images, in order
@@ -353,7 +353,7 @@ def test_a_tampered_model_is_refused_before_loading(tmp_path, dataset, models, m
 ROUND_TRIP = r"""
 import json, sys
 import numpy as np, keras, tensorflow as tf
-from tasks.cache import load_dataset
+from tasks.core.datacache import load_dataset
 from tasks.prepare import scale_pixels
 run, data = sys.argv[1], sys.argv[2]
 meta = json.load(open(f"{run}/metadata.json"))
@@ -389,13 +389,9 @@ def test_round_trip_in_a_fresh_process(saved, dataset, tmp_path):
 def test_save_run_task_is_cached_on_a_rerun(prefect_engine, tmp_path, dataset, models):
     from prefect import flow
 
-    from tasks.common import local_result_dirs
+    from tasks.core.caching import bind_local
 
-    dirs = local_result_dirs(tmp_path / "data")
-    task = save_run.with_options(
-        result_storage=dirs["results"],  # as flows/cifar.py binds it
-        cache_policy=save_run.cache_policy.configure(key_storage=dirs["keys"]),
-    )
+    task = bind_local(save_run, tmp_path / "data")  # as flows/cifar.py binds it
     artifacts = tmp_path / "artifacts"
     validation = ValidationRecord(dataset.fingerprint, {"checks": []})
 

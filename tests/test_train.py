@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.cache import write_dataset_cache
-from tasks.common import read_json
+from tasks.core.datacache import write_dataset_cache
+from tasks.core.files import read_json
 from tasks.prepare import PrepareConfig
 from tasks.train import (
     MODELS,
@@ -472,13 +472,11 @@ def test_train_model_task_caches_and_reports_progress(prefect_engine, tiny, tmp_
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from tasks.common import local_result_dirs
+    from tasks.core.caching import bind_local
     from tasks.train import train_model
 
     data = str(tmp_path / "data")
-    dirs = local_result_dirs(data)
-    bound = train_model.with_options(result_storage=dirs["results"],
-                                     cache_policy=train_model.cache_policy.configure(key_storage=dirs["keys"]))
+    bound = bind_local(train_model, data)
     cfg = TrainingConfig(epochs=1, batch_size=16)
 
     @flow

@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from tasks.cache import record_from_manifest
-    from tasks.common import read_json
+    from tasks.core.datacache import record_from_manifest
+    from tasks.core.files import read_json
     from tasks.prepare import PrepareConfig
     from tasks.train import TrainingConfig, run_training
 

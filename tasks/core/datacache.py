@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.common import atomic_write_json, read_json, sha256_file, stable_hash
+from tasks.core.files import atomic_write_json, read_json
+from tasks.core.hashing import hash_file, stable_hash
 
 FORMAT_VERSION = 1
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -164,7 +165,7 @@ def cache_problems(path: str | os.PathLike, verify_checksums: bool = True) -> li
         p = path / name
         if not p.is_file():
             problems.append(f"{p} is missing")
-        elif verify_checksums and sha256_file(p) != digest:
+        elif verify_checksums and hash_file(p).sha256 != digest:
             problems.append(f"{p} was altered (sha256 differs from the manifest)")
     return problems
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.common import atomic_write_bytes, atomic_write_json, file_lock, read_json, stable_hash
+from tasks.core.files import atomic_write_bytes, atomic_write_json, file_lock, read_json
+from tasks.core.hashing import stable_hash
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temp(tmp_path, monkeypatch):
@@ -41,7 +42,7 @@ def test_lock_is_released_by_the_kernel_when_its_holder_is_killed(tmp_path):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-            from tasks.common import file_lock
+            from tasks.core.files import file_lock
             with file_lock({str(lock)!r}):
                 print("held", flush=True)
                 time.sleep(600)
@@ -66,7 +67,7 @@ def test_verified_cache_hits_until_the_files_behind_it_go(prefect_engine, tmp_pa
     from prefect import flow, task
 
     from flows.cifar import _Stages
-    from tasks.common import VerifiedCache
+    from tasks.core.caching import VerifiedCache
 
     out = tmp_path / "out.txt"
     calls = []
@@ -90,3 +91,54 @@ def test_verified_cache_hits_until_the_files_behind_it_go(prefect_engine, tmp_pa
     out.unlink()                                    # the record says "ran", the file says otherwise
     assert f() is False and calls == [3, 3]
     assert f() is True and calls == [3, 3]
+
+
+# --------------------------------------------------------------------------- hashing
+def test_hash_file_and_hash_tree_are_content_hashes(tmp_path):
+    import hashlib
+
+    from tasks.core.hashing import hash_file, hash_tree
+
+    (tmp_path / "t" / "sub").mkdir(parents=True)
+    (tmp_path / "t" / "a.bin").write_bytes(b"abc")
+    (tmp_path / "t" / "sub" / "b.bin").write_bytes(b"de")
+    d = hash_file(tmp_path / "t" / "a.bin", md5=True)
+    assert d == (hashlib.sha256(b"abc").hexdigest(), 3, hashlib.md5(b"abc").hexdigest())
+    assert hash_file(tmp_path / "t" / "a.bin").md5 is None
+    first = hash_tree(tmp_path / "t")
+    assert first.size == 5
+    (tmp_path / "t" / "sub" / "b.bin").write_bytes(b"dE")  # same size, other bytes
+    assert hash_tree(tmp_path / "t").sha256 != first.sha256
+    (tmp_path / "t" / "sub" / "b.bin").write_bytes(b"de")
+    assert hash_tree(tmp_path / "t") == first
+
+
+def test_code_fingerprint_ignores_comments_docstrings_and_message_wording():
+    from tasks.core.hashing import behaviour_of_source
+
+    base = '''
+def f(x, log):
+    """Doubles x."""
+    log.info("doubling %s", x)
+    if x < 0:
+        raise ValueError(f"x must be >= 0, got {x}")
+    return 2 * x
+'''
+    reworded = '''
+def f(x, log):  # a new comment
+    """Doubles x, carefully."""
+    # and another
+    log.warning("now doubling %s", x)
+    print("hello")
+    if x < 0:
+        raise ValueError("negative x: give x >= 0")
+    return 2 * x
+'''
+    changed = base.replace("2 * x", "3 * x")
+    other_error = base.replace("raise ValueError", "raise TypeError")
+    assert behaviour_of_source(base) == behaviour_of_source(reworded)
+    assert behaviour_of_source(base) != behaviour_of_source(changed)
+    assert behaviour_of_source(base) != behaviour_of_source(other_error)
+    # a function left with only a docstring and a log line is still valid, and still differs
+    assert behaviour_of_source('def g():\n    """doc"""\n    log.info("x")\n') == \
+        behaviour_of_source("def g():\n    pass\n")

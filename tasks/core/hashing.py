@@ -1,0 +1,143 @@
+"""Content hashes: of files, of folder trees, of JSON-able settings, and of the code that decides
+a stage's output (its cache key's code part)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple
+
+CHUNK = 1 << 20
+
+
+class FileDigest(NamedTuple):
+    sha256: str
+    size: int
+    md5: str | None = None
+
+
+def hash_file(path: str | os.PathLike, *, md5: bool = False) -> FileDigest:
+    """sha256 and size of a file in one pass (and its md5, for sources that publish one)."""
+    sha = hashlib.sha256()
+    legacy = hashlib.md5(usedforsecurity=False) if md5 else None
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            sha.update(block)
+            if legacy is not None:
+                legacy.update(block)
+            size += len(block)
+    return FileDigest(sha.hexdigest(), size, legacy.hexdigest() if legacy is not None else None)
+
+
+def tree_files(root: str | os.PathLike) -> list[tuple[str, Path]]:
+    """Every regular file under ``root`` (symlinks not followed), as (relative posix path, path),
+    sorted by the relative path."""
+    root = Path(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            p = Path(dirpath) / name
+            out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def hash_tree(root: str | os.PathLike) -> FileDigest:
+    """One sha256 for a folder: over each file's relative path and sha256, in path order."""
+    h, size = hashlib.sha256(), 0
+    for rel, p in tree_files(root):
+        digest = hash_file(p)
+        h.update(f"{rel}\0{digest.sha256}\n".encode())
+        size += digest.size
+    return FileDigest(h.hexdigest(), size)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and tuples to plain JSON types (for metadata and cache keys)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """A short, stable content hash of JSON-able parts (dataclasses allowed)."""
+    blob = json.dumps(to_jsonable(list(parts)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------- code fingerprints
+# Calls whose only effect is a message: a change to their wording never changes an output.
+_MESSAGE_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "exception", "critical", "log"})
+_MESSAGE_FUNCTIONS = frozenset({"print"})
+
+
+def _is_message_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    return (isinstance(f, ast.Attribute) and f.attr in _MESSAGE_METHODS) or (
+        isinstance(f, ast.Name) and f.id in _MESSAGE_FUNCTIONS)
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str))
+
+
+class _Behaviour(ast.NodeTransformer):
+    """Drops what cannot change a result: docstrings, log and print calls, the wording of raised
+    errors (the exception's type stays). Comments and line numbers never reach the AST dump."""
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and _is_docstring(body[0]) and isinstance(
+                node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.body = body[1:]
+        super().generic_visit(node)
+        for name in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, name, None)
+            if isinstance(stmts, list) and not stmts and name == "body":
+                setattr(node, name, [ast.Pass()])
+        return node
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+        if _is_message_call(node.value):
+            return None
+        return self.generic_visit(node)
+
+    def visit_Raise(self, node: ast.Raise) -> ast.AST:
+        if isinstance(node.exc, ast.Call):
+            node.exc = ast.Call(func=node.exc.func, args=[], keywords=[])
+        return node
+
+
+def behaviour_of_source(source: str) -> str:
+    """The source's behaviour as a canonical AST dump (see ``_Behaviour``)."""
+    tree = _Behaviour().visit(ast.parse(source))
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def code_fingerprint(*parts: ModuleType | type | Any) -> str:
+    """What decides a stage's output, as a short hash: the behaviour of the given modules,
+    classes or functions (not their comments, docstrings, log or error wording), and the raw
+    bytes of any file paths given (templates: their every character is output)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, (str, os.PathLike)):
+            h.update(Path(part).read_bytes())
+            continue
+        h.update(behaviour_of_source(inspect.getsource(part)).encode())
+    return h.hexdigest()[:12]
