@@ -51,9 +51,10 @@ def build_inputs() -> Path:
     for i, skill in enumerate((3.1, 3.3)):
         make_run(art, ds, "airbench-jpeg", t0 + timedelta(days=7 * i + 2), skill=skill, epochs=20,
                  seed=10 + i, seconds_per_epoch=84.5, model="airbench")
-    from tasks.report import render_report, run_dirs
+    from tasks.core.runs import published_runs
+    from tasks.report.rendering import render_report
 
-    for d in run_dirs(art):  # earlier runs have their reports, as after real `cifar run`s
+    for d in (run.dir for run in published_runs(art)):  # earlier runs have their reports, as after real `cifar run`s
         render_report(d)
     return art
 
@@ -61,10 +62,11 @@ def build_inputs() -> Path:
 def measure(art: Path, repeat: int) -> dict:
     """In this (fresh) process: the first render is cold, the rest warm."""
     t_import = time.perf_counter()
-    from tasks.report import render_index, render_report, run_dirs
+    from tasks.core.runs import published_runs
+    from tasks.report.rendering import render_index, render_report
 
     import_s = time.perf_counter() - t_import
-    run_dir = max(run_dirs(art, "train-jpeg"), key=lambda d: d.name)
+    run_dir = max((run.dir for run in published_runs(art, "train-jpeg")), key=lambda d: d.name)
     out = {"import_s": import_s, "report_s": [], "index_s": [], "total_s": []}
     for _ in range(repeat):
         t0 = time.perf_counter()

@@ -14,8 +14,9 @@ first --train train and --test test images of the seed-0 shuffled splits) becaus
 - notebook: ``x.astype("float32") / 255`` and ``keras.utils.to_categorical`` in memory, then
   ``model.fit(x, y, batch_size=32, shuffle=True, validation_data=(x_test, y_test))``.
 - pipeline: what the stage runs: the uint8 arrays written as a dataset cache, memory-mapped by
-  tasks.cache.load_dataset, fed through tasks.train.make_dataset (seeded shuffle, batch, scale +
-  one-hot in tf.data, prefetch), with the stage's runtime resolution (float32, no XLA on CPU).
+  tasks.core.datacache.load_dataset, fed through tasks.train.inputs.make_dataset (seeded shuffle,
+  batch, scale + one-hot in tf.data, prefetch), with the stage's runtime resolution (float32, no
+  XLA on CPU).
 
 Each variant first traces its train/validation functions on a few batches (warm-up), then one
 full epoch (with validation) is timed; variants alternate (A B A B ...) so a load spike on the
@@ -80,7 +81,11 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from tasks.core.datacache import load_dataset
-    from tasks.train import TrainingConfig, build_model, make_dataset, make_optimizer, resolve_runtime
+    from tasks.train.config import TrainingConfig
+    from tasks.train.devices import resolve_runtime
+    from tasks.train.fit import make_optimizer
+    from tasks.train.inputs import make_dataset
+    from tasks.train.models import build_model
 
     t0 = time.perf_counter()
     arrays = subset(args.train, args.test)

@@ -6,7 +6,7 @@ The images are the real CIFAR-10 JPEGs (/work/shared/datasets/cifar10-jpeg.tar.g
 by bench.make_archives.decoded_jpegs and written as a dataset cache under bench/out/ (git-ignored).
 Each way runs in its own fresh subprocess, so its peak RSS (getrusage ru_maxrss) is its own:
 
-- ours: tasks.prepare.validate_cached_dataset, i.e. the stage without Prefect: mmap the uint8
+- ours: tasks.prepare.validation.validate_cached_dataset, i.e. the stage without Prefect: mmap the uint8
   cache, scale + one-hot chunk by chunk, pandera over the summary frames, dataset checks,
   duplicate hashing, summary written to disk.
 - notebook: what the course notebook did to the same arrays before training: load them into
@@ -48,7 +48,7 @@ def _peak_mb() -> float:
 
 
 def ensure_cache():
-    """The real images as a dataset cache (tasks.cache layout), written once."""
+    """The real images as a dataset cache (tasks.core.datacache layout), written once."""
     from tasks.core.datacache import cache_problems, record_from_manifest, write_dataset_cache
     from tasks.core.files import read_json
 
@@ -67,7 +67,8 @@ def ensure_cache():
 def child_ours() -> dict:
     from tasks.core.datacache import record_from_manifest
     from tasks.core.files import read_json
-    from tasks.prepare import PrepareConfig, validate_cached_dataset
+    from tasks.prepare.config import PrepareConfig
+    from tasks.prepare.validation import validate_cached_dataset
 
     import pandas  # noqa: F401  (imported lazily by the stage; count it as an import, not data)
     import pandera.pandas  # noqa: F401

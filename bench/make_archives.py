@@ -35,7 +35,7 @@ def decoded_jpegs(jpeg_tarball: Path = JPEG_TARBALL, cache: Path | None = None):
     if cache.exists():
         with np.load(cache) as z:
             return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
-    from tasks.download import decode_image_folder
+    from tasks.download.image_folder import decode_image_folder
 
     x_train, y_train, x_test, y_test, classes = decode_image_folder(jpeg_tarball, 2**31)
     assert classes == CLASSES, classes

@@ -4,7 +4,7 @@
 
 Prints VmRSS, its high-water mark (VmHWM) and the anonymous / file-backed parts from
 /proc/self/status (Linux): at start, after importing TensorFlow, after building the training and
-validation datasets with ``tasks.train.make_dataset`` over the memory-mapped cache, every 200
+validation datasets with ``tasks.train.inputs.make_dataset`` over the memory-mapped cache, every 200
 steps of ``fit`` (seed_cnn, batch 32, the notebook's optimizer), and after it. A probe, not a
 benchmark: run it before and after a change to the input pipeline and compare the rows.
 """
@@ -39,7 +39,10 @@ def main(argv: list[str]) -> int:
 
     rss("tf imported")
     from tasks.core.datacache import load_dataset
-    from tasks.train import OptimizerConfig, build_model, make_dataset, make_optimizer
+    from tasks.train.config import OptimizerConfig
+    from tasks.train.fit import make_optimizer
+    from tasks.train.inputs import make_dataset
+    from tasks.train.models import build_model
 
     data = load_dataset(argv[0])
     classes = len(data.classes)

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import flow, tags
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from flows.config import DEFAULT_CONFIG, PipelineConfig, Settings, load_settings
 from tasks.core.caching import bind_local
@@ -43,23 +44,30 @@ def _settings(pipeline: str, overrides: dict[str, Any] | None, config: str) -> t
     return settings, settings.pipeline(pipeline)
 
 
-def _prepare_data(stages: _Stages, p: PipelineConfig):
+def _prepare_data(stages: _Stages, chosen: PipelineConfig):
     from tasks.download import decode_dataset, fetch_archive, retry_options
     from tasks.prepare import validate_dataset
 
-    archive = stages.run("download", fetch_archive, p.dataset, stages.data_dir,
-                         options=retry_options(p.dataset))
-    dataset = stages.run("download", decode_dataset, archive, p.dataset, stages.data_dir)
-    validation = stages.run("prepare", validate_dataset, dataset, p.prepare, stages.data_dir)
+    archive = stages.run("download", fetch_archive, chosen.dataset, stages.data_dir,
+                         options=retry_options(chosen.dataset))
+    dataset = stages.run("download", decode_dataset, archive, chosen.dataset, stages.data_dir)
+    validation = stages.run("prepare", validate_dataset, dataset, chosen.prepare, stages.data_dir)
     return dataset, validation
+
+
+# The flows' parameters, as Prefect's UI form shows them (Prefect reads these Field defaults).
+PIPELINE_HELP = "a pipeline of the config file: its key under `pipelines:`"
+OVERRIDES_HELP = ('settings that differ from the file, dotted keys as `cifar run --set` takes them: '
+                  '{"training.epochs": 1, "dataset.limit_train": 500}; checked like the file')
+CONFIG_HELP = "the pipelines file (YAML); relative to the working directory of the flow run"
 
 
 @flow(name="cifar", flow_run_name=_run_name, log_prints=True)
 def cifar(
-    pipeline: str = "train",
-    overrides: dict[str, Any] | None = None,
-    force: bool = False,
-    config: str = DEFAULT_CONFIG,
+    pipeline: str = Field("train", description=PIPELINE_HELP),
+    overrides: dict[str, Any] | None = Field(None, description=OVERRIDES_HELP),
+    force: bool = Field(False, description="retrain even when a model for the same inputs exists"),
+    config: str = Field(DEFAULT_CONFIG, description=CONFIG_HELP),
 ) -> dict[str, Any]:
     """Train, register and report one pipeline of pipelines.yaml.
 
@@ -77,26 +85,26 @@ def cifar(
     from tasks.store import save_run
     from tasks.train import train_model
 
-    settings, p = _settings(pipeline, overrides, config)
+    settings, chosen = _settings(pipeline, overrides, config)
     data_dir, artifacts_dir = str(settings.data_dir), str(settings.artifacts_dir)
     stages = _Stages(data_dir)
     log = get_logger()
-    log.info("pipeline %s: %s", p.name, p.description or "(no description)")
+    log.info("pipeline %s: %s", chosen.name, chosen.description or "(no description)")
 
-    with tags(f"pipeline:{p.name}", f"model:{p.model}"):
-        dataset, validation = _prepare_data(stages, p)
+    with tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
+        dataset, validation = _prepare_data(stages, chosen)
         trained = stages.run(
-            "train", train_model, dataset, validation, p.model, p.training, p.prepare, data_dir,
+            "train", train_model, dataset, validation, chosen.model, chosen.training, chosen.prepare, data_dir,
             force=force, refresh=force,
         )
         run = stages.run(
-            "save", save_run, p.to_dict(), dataset, validation, trained, dict(stages.times),
+            "save", save_run, chosen.to_dict(), dataset, validation, trained, dict(stages.times),
             _flow_run_id(), artifacts_dir,
         )
-        report = stages.run("report", build_report, run, p.report, artifacts_dir)
+        report = stages.run("report", build_report, run, chosen.report, artifacts_dir)
 
     summary = {
-        "pipeline": p.name,
+        "pipeline": chosen.name,
         "run_id": run.run_id,
         "run_dir": run.path,
         "test_accuracy": run.test_accuracy,
@@ -115,17 +123,17 @@ def cifar(
 
 @flow(name="cifar-data", flow_run_name=_run_name, log_prints=True)
 def cifar_data(
-    pipeline: str = "train",
-    overrides: dict[str, Any] | None = None,
-    config: str = DEFAULT_CONFIG,
+    pipeline: str = Field("train", description=PIPELINE_HELP),
+    overrides: dict[str, Any] | None = Field(None, description=OVERRIDES_HELP),
+    config: str = Field(DEFAULT_CONFIG, description=CONFIG_HELP),
 ) -> dict[str, Any]:
     """Stages 1-2 only: download and cache, then prepare and validate; returns the summary."""
-    settings, p = _settings(pipeline, overrides, config)
+    settings, chosen = _settings(pipeline, overrides, config)
     stages = _Stages(str(settings.data_dir))
-    with tags(f"pipeline:{p.name}"):
-        dataset, validation = _prepare_data(stages, p)
+    with tags(f"pipeline:{chosen.name}"):
+        dataset, validation = _prepare_data(stages, chosen)
     return {
-        "pipeline": p.name,
+        "pipeline": chosen.name,
         "dataset": asdict(dataset),
         "validation": validation.summary,
         "stages": stages.times,

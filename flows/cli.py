@@ -16,14 +16,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The embedded API's first start creates its SQLite database: slow on a busy 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from flows.config import DEFAULT_CONFIG, Settings, load_settings, parse_set  # noqa: E402
+from flows.config import (  # noqa: E402
+    DEFAULT_CONFIG,
+    Settings,
+    config_schema,
+    load_settings,
+    parse_set,
+)
 from tasks.core.errors import CifarError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+def _common(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
                    help="pipelines file (default: %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, typed like the file: a key inside the pipeline "
                         "(training.epochs=1, dataset.limit_train=500) or a top-level one "
                         "(data_dir=/big/disk/cifar); repeatable")
@@ -37,40 +43,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run a whole pipeline in this process (embedded Prefect API "
+    cmd = sub.add_parser("run", help="run a whole pipeline in this process (embedded Prefect API "
                                    "unless PREFECT_API_URL is set)")
-    p.add_argument("pipeline", help="pipeline name in the config file")
-    p.add_argument("--force", action="store_true", help="retrain even if a model for the same inputs exists")
-    _common(p)
+    cmd.add_argument("pipeline", help="pipeline name in the config file")
+    cmd.add_argument("--force", action="store_true", help="retrain even if a model for the same inputs exists")
+    _common(cmd)
 
-    p = sub.add_parser("data", help="download, cache and validate a pipeline's data; print a summary")
-    p.add_argument("pipeline")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _common(p)
+    cmd = sub.add_parser("data", help="download, cache and validate a pipeline's data; print a summary")
+    cmd.add_argument("pipeline")
+    cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _common(cmd)
 
-    p = sub.add_parser("check", help="validate the config file and print its pipelines")
-    _common(p)
+    cmd = sub.add_parser("check", help="validate the config file and print its pipelines")
+    cmd.add_argument("--schema", action="store_true",
+                   help="print the JSON Schema of the config file instead (for editors and CI)")
+    _common(cmd)
 
-    p = sub.add_parser("serve", help="serve one deployment per pipeline (with schedules) on a Prefect server")
-    p.add_argument("--pipeline", action="append", dest="only", metavar="NAME",
+    cmd = sub.add_parser("serve", help="serve one deployment per pipeline (with schedules) on a Prefect server")
+    cmd.add_argument("--pipeline", action="append", dest="only", metavar="NAME",
                    help="serve only these pipelines (repeatable; default: all)")
-    _common(p)
+    _common(cmd)
 
-    p = sub.add_parser("deploy", help="register the deployments to a Prefect work pool (scale-out)")
-    p.add_argument("--pool", required=True, help="work pool name (process, docker or kubernetes)")
-    p.add_argument("--pipeline", action="append", dest="only", metavar="NAME")
-    p.add_argument("--queue", default=None, help="work queue within the pool")
-    p.add_argument("--image", default=None, help="container image for docker/kubernetes pools")
-    _common(p)
+    cmd = sub.add_parser("deploy", help="register the deployments to a Prefect work pool (scale-out)")
+    cmd.add_argument("--pool", required=True, help="work pool name (process, docker or kubernetes)")
+    cmd.add_argument("--pipeline", action="append", dest="only", metavar="NAME")
+    cmd.add_argument("--queue", default=None, help="work queue within the pool")
+    cmd.add_argument("--image", default=None, help="container image for docker/kubernetes pools")
+    _common(cmd)
 
-    p = sub.add_parser("runs", help="list registered runs (newest first)")
-    p.add_argument("pipeline", nargs="?", help="only this pipeline")
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    _common(p)
+    cmd = sub.add_parser("runs", help="list registered runs (newest first)")
+    cmd.add_argument("pipeline", nargs="?", help="only this pipeline")
+    cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _common(cmd)
 
-    p = sub.add_parser("report", help="regenerate a run's report (and the index) without retraining")
-    p.add_argument("run", help="a run folder, PIPELINE/RUN_ID, or a run id (searched under artifacts_dir)")
-    _common(p)
+    cmd = sub.add_parser("report", help="regenerate a run's report (and the index) without retraining")
+    cmd.add_argument("run", help="a run folder, PIPELINE/RUN_ID, or a run id (searched under artifacts_dir)")
+    _common(cmd)
     return parser
 
 
@@ -80,33 +88,37 @@ def _settings(args, pipeline: str | None = None) -> Settings:
 
 
 def cmd_check(args) -> int:
+    if args.schema:
+        print(json.dumps(config_schema(), indent=2))
+        return 0
     settings = _settings(args)
     print(f"{settings.config_path}: OK")
     print(f"  data_dir      {settings.data_dir}")
     print(f"  artifacts_dir {settings.artifacts_dir}")
-    for name, p in settings.pipelines.items():
-        sched = f"cron '{p.schedule.cron}' {p.schedule.timezone}" if p.schedule else "no schedule"
-        limits = "" if p.dataset.limit_train is None else f" limit {p.dataset.limit_train}/{p.dataset.limit_test}"
-        print(f"  {name:<12} {p.model} on {p.dataset.format}{limits}, {p.training.epochs} epoch(s), "
-              f"batch {p.training.batch_size}; {sched}")
-        if p.expect:
-            print(f"  {'':<12} expect: {p.expect}")
+    for name, pipeline in settings.pipelines.items():
+        schedule, dataset, training = pipeline.schedule, pipeline.dataset, pipeline.training
+        when = f"cron '{schedule.cron}' {schedule.timezone}" if schedule else "no schedule"
+        limits = "" if dataset.limit_train is None else f" limit {dataset.limit_train}/{dataset.limit_test}"
+        print(f"  {name:<12} {pipeline.model} on {dataset.format}{limits}, {training.epochs} epoch(s), "
+              f"batch {training.batch_size}; {when}")
+        if pipeline.expect:
+            print(f"  {'':<12} expect: {pipeline.expect}")
     return 0
 
 
 def cmd_run(args) -> int:
     overrides = parse_set(args.overrides)
     settings = load_settings(args.config, overrides, args.pipeline)  # fail fast, before Prefect starts
-    p = settings.pipeline(args.pipeline)
+    chosen = settings.pipeline(args.pipeline)
     from prefect import tags
 
     from flows.cifar import cifar
 
-    with tags(f"pipeline:{p.name}", f"model:{p.model}"):
+    with tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
         summary = cifar(pipeline=args.pipeline, overrides=overrides, force=args.force,
                         config=str(settings.config_path))
     verdict = "promoted to champion" if summary["promoted"] else "not promoted"
-    print(f"{p.name}: test accuracy {summary['test_accuracy']:.4f} ({verdict}: {summary['promotion_reason']})")
+    print(f"{chosen.name}: test accuracy {summary['test_accuracy']:.4f} ({verdict}: {summary['promotion_reason']})")
     print(f"index:  {summary['index']}")
     print(summary["report"])  # the last line printed is the report's path
     return 0
@@ -154,7 +166,8 @@ def format_data_summary(summary: dict[str, Any]) -> str:
 
 def cmd_runs(args) -> int:
     settings = _settings(args)
-    from tasks.store import format_runs_table, list_runs
+    from tasks.core.runs import list_runs
+    from tasks.store.table import format_runs_table
 
     rows = list_runs(str(settings.artifacts_dir), args.pipeline)
     if args.json:
@@ -168,7 +181,7 @@ def cmd_runs(args) -> int:
 
 def cmd_report(args) -> int:
     settings = _settings(args)
-    from tasks.report import regenerate
+    from tasks.report.rendering import regenerate
 
     # RUN: a run folder, PIPELINE/RUN_ID or a bare run id (resolved by the report stage)
     report, index = regenerate(args.run, str(settings.artifacts_dir))
@@ -225,7 +238,7 @@ def _quiet_expected_tracebacks() -> None:
 
 def _hint(exc: CifarError) -> str | None:
     """What to do next, for failures whose remedy is not the failing stage's business."""
-    from tasks.download import TransientDownloadError
+    from tasks.download.errors import TransientDownloadError
 
     if isinstance(exc, TransientDownloadError):
         return ("If this machine cannot reach that URL: check the network or proxy, add `mirrors:` "

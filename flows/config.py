@@ -1,29 +1,35 @@
-"""pipelines.yaml: load, apply overrides, type-check, and report every problem at once.
+"""pipelines.yaml: its shape, and reading it into checked settings for the flow and the CLI.
 
-The file lists only what differs from the defaults; the defaults live in the dataclasses beside
-the code that consumes them (``tasks/*.py``). Typing is driven by those dataclasses' annotations,
-so a new setting is one new field, checked here for free.
+The file lists only what differs from the defaults, which live in the stage config dataclasses
+beside the code that consumes them (``tasks/<stage>/config.py``). pydantic checks the file against
+those very classes, so a new setting is one new field: typed, in the JSON Schema (``cifar check
+--schema``) and checked for free. Added here: strict typing of the file as the JSON data it is (an
+integer is not 5.0, "5" or true), every problem at once under its key path in plain words, the
+cross-field ``problems()`` checks, ``--set KEY=VALUE`` overrides, and paths relative to the file.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import yaml
+from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import ErrorDetails, from_json, to_json
 
 from tasks.core.errors import ConfigError
-from tasks.download import DatasetConfig
-from tasks.prepare import PrepareConfig
-from tasks.report import ReportConfig
-from tasks.store import PromoteConfig
-from tasks.train import MODELS, TrainingConfig
+from tasks.core.settings import SETTINGS
+from tasks.download.config import DatasetConfig
+from tasks.prepare.config import PrepareConfig
+from tasks.report.config import ReportConfig
+from tasks.store.config import PromoteConfig
+from tasks.train.config import TrainingConfig
+from tasks.train.models import MODELS
 
 DEFAULT_CONFIG = "pipelines.yaml"
 
@@ -32,12 +38,13 @@ DEFAULT_CONFIG = "pipelines.yaml"
 class ScheduleConfig:
     """``schedule:`` in a pipeline: when `cifar serve` retrains it."""
 
+    __pydantic_config__ = SETTINGS
+
     cron: str
     timezone: str = "UTC"
 
     def problems(self) -> list[tuple[str, str]]:
         from prefect.client.schemas.schedules import CronSchedule
-        from pydantic import ValidationError
 
         try:
             CronSchedule(cron=self.cron, timezone=self.timezone)
@@ -51,7 +58,9 @@ class ScheduleConfig:
 class PipelineConfig:
     """One entry under ``pipelines:``."""
 
-    name: str
+    __pydantic_config__ = SETTINGS
+
+    name: SkipJsonSchema[str] = ""  # its key under pipelines: (set by the loader, not in the file)
     description: str = ""
     expect: str = ""  # what a user should expect: accuracy, wall time, hardware
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -75,6 +84,24 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
+PipelineName = Annotated[str, StringConstraints(pattern=r"^[\w-]+$")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelinesFile:
+    """pipelines.yaml: where downloads and runs go, and the pipelines by name."""
+
+    __pydantic_config__ = SETTINGS
+
+    data_dir: Annotated[str, Field(min_length=1, description=(
+        "downloads and the decoded dataset cache; relative to this file"))] = "data"
+    artifacts_dir: Annotated[str, Field(min_length=1, description=(
+        "runs (models, metrics, reports) and index.html; relative to this file"))] = "artifacts"
+    pipelines: Annotated[dict[PipelineName, PipelineConfig], Field(
+        min_length=1, json_schema_extra={"additionalProperties": False},  # a name matches the pattern
+        description="pipeline name (letters, digits, - and _) -> what differs from the defaults")]
+
+
 @dataclass(frozen=True)
 class Settings:
     """The whole file, paths resolved against the file's own folder (never the CWD)."""
@@ -94,112 +121,189 @@ class Settings:
             ) from None
 
 
-# --------------------------------------------------------------------------- typing engine
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+_FILE = TypeAdapter(PipelinesFile)
 
 
-def _convert(tp: Any, value: Any, keypath: str, problems: list[str]) -> Any:
-    """Check ``value`` against annotation ``tp``; return the typed value (or None on error)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            trial: list[str] = []
-            out = _convert(arg, value, keypath, trial)
-            if not trial:
-                return out
-        # report against the single non-null alternative when there is one (clearer message)
-        non_null = [a for a in args if a is not type(None)]
-        if len(non_null) == 1:
-            return _convert(non_null[0], value, keypath, problems)
-        problems.append(f"{keypath}: expected {_type_name(tp)}, got {value!r}")
-        return None
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            problems.append(f"{keypath}: {value!r} is not valid; expected {_type_name(tp)}")
-            return None
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            problems.append(f"{keypath}: expected {_type_name(tp)}, got {value!r}")
-            return None
-        (item_tp,) = typing.get_args(tp)
-        return [_convert(item_tp, v, f"{keypath}[{i}]", problems) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, keypath, problems)
-    if tp is float and isinstance(value, str):
-        # PyYAML reads `1e-4` (no dot) as a string; accept what is plainly a number
+@functools.cache
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of pipelines.yaml (what `cifar check --schema` prints)."""
+    schema = _FILE.json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "pipelines.yaml"}
+
+
+# --------------------------------------------------------------------------- type check
+Loc = tuple[str | int, ...]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as fresh JSON data: string keys, dates as text, and no YAML anchor sharing, so an
+    override of one pipeline's aliased block (``training: *notebook``) does not leak into others."""
+    return from_json(to_json(value, inf_nan_mode="constants", fallback=repr))
+
+
+def _typed(raw: dict) -> tuple[PipelinesFile | None, list[ErrorDetails]]:
+    """Type-check ``raw`` (changed in place) in pydantic's strict JSON mode; return its errors and
+    the file built with every wrong value left out, so defaults stand in for them and the
+    cross-field checks can still run (None when even that fails: a required key is wrong)."""
+    reported: list[ErrorDetails] | None = None
+    while True:
         try:
-            return float(value)
+            built = _FILE.validate_json(to_json(raw, inf_nan_mode="constants"), strict=True)
+            return built, reported or []
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        if [e for e in errors if _read_leniently(raw, e)]:
+            continue  # look again at the values as read
+        if reported is None:
+            reported = errors
+        if not [e for e in errors if _leave_out(raw, e["loc"])]:
+            return None, reported
+
+
+def _read_leniently(raw: dict, error: ErrorDetails) -> bool:
+    """Take, as today, a number that PyYAML read as text (YAML 1.1 wants ``1.0e-4``, not ``1e-4``)
+    and an empty block (``training:``) for all its defaults. True if ``raw`` was changed."""
+    value = error["input"]
+    if error["type"] == "float_type" and isinstance(value, str):
+        try:
+            value = float(value)  # "nan" and "inf" too: the next pass refuses them by name
         except ValueError:
-            pass
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-    }[tp]
-    if not ok(value):
-        problems.append(f"{keypath}: expected {_type_name(tp)}, got {value!r}")
-        return None
-    return float(value) if tp is float else value
+            return False
+    elif error["type"] == "dataclass_type" and value is None:
+        value = {}
+    else:
+        return False
+    *parents, key = error["loc"]
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[key] = value
+    return True
 
 
-def build(cls: type, data: Any, keypath: str, problems: list[str], **fixed: Any) -> Any:
-    """Build dataclass ``cls`` from a mapping, appending every problem (with its key path)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        problems.append(f"{keypath}: expected a mapping, got {data!r}")
-        return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in fixed}
-    before = len(problems)
-    for key in data:
-        if key not in fields:
-            problems.append(
-                f"{keypath}.{key}: unknown key; valid keys here: {', '.join(fields)}"
-            )
-    kwargs: dict[str, Any] = dict(fixed)
-    failed: set[str] = set()
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if name in data:
-            n = len(problems)
-            value = _convert(hints[name], data[name], f"{keypath}.{name}", problems)
-            if len(problems) == n:
-                kwargs[name] = value
-                continue
-            failed.add(name)
-            if required:
-                return None
-        elif required:
-            problems.append(f"{keypath}.{name}: required key is missing ({_type_name(hints[name])})")
-            return None
-    # Cross-field checks still run when some fields were wrong (those fall back to their
-    # defaults, and checks about them are not repeated), so one pass reports everything.
-    obj = cls(**kwargs)
-    if hasattr(obj, "problems"):
-        for sub, msg in obj.problems():
-            if sub.split(".")[0].split("[")[0] not in failed:
-                problems.append(f"{keypath}.{sub}: {msg}")
-    return None if len(problems) > before else obj
+def _leave_out(raw: dict, loc: Loc) -> bool:
+    """Delete the deepest key on ``loc`` that ``raw`` has (a list as a whole); True if one was."""
+    node, parent, key = raw, None, None
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            break
+        parent, key, node = node, part, node[part]
+    if parent is None:
+        return False
+    del parent[key]
+    return True
+
+
+# --------------------------------------------------------------------------- messages
+def _key_path(loc: Loc) -> str:
+    """``('pipelines', 'a', 'dataset', 'mirrors', 0)`` -> ``pipelines.a.dataset.mirrors[0]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]":  # pydantic's marker for a mapping's key rather than its value
+            out += f".{part}" if out else part
+    return out
+
+
+def _deref(node: dict) -> dict:
+    while "$ref" in node:
+        node = config_schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def _non_null(node: dict) -> dict:
+    node = _deref(node)
+    options = [_deref(o) for o in node.get("anyOf", []) if o.get("type") != "null"]
+    return options[0] if len(options) == 1 else node
+
+
+def _schema_at(loc: Loc) -> dict:
+    """The JSON Schema of the value at ``loc`` ({} where the file has no such place)."""
+    node = config_schema()
+    for part in loc:
+        node = _non_null(node)
+        if isinstance(part, int):
+            node = node.get("items", {})
+        elif part in node.get("properties", {}):
+            node = node["properties"][part]
+        elif node.get("patternProperties"):  # a mapping's values (the pipelines)
+            node = next(iter(node["patternProperties"].values()))
+        else:
+            return {}
+    return _deref(node)
+
+
+def _describe(node: dict) -> str:
+    """What a schema asks for, in words: "an integer", "one of 'adam', 'sgd'", "a mapping"."""
+    node = _deref(node)
+    if "enum" in node:
+        return "one of " + ", ".join(repr(v) for v in node["enum"])
+    if "anyOf" in node:
+        return " or ".join(_describe(o) for o in node["anyOf"] if o.get("type") != "null")
+    if node.get("type") == "array":
+        return f"a list, each {_describe(node.get('items', {}))}"
+    if node.get("type") == "object" and "properties" not in node:
+        return "a mapping of names to settings"
+    words = {"integer": "an integer", "number": "a number", "boolean": "true or false",
+             "string": "a string", "object": "a mapping"}
+    return words.get(node.get("type"), "a valid value")
+
+
+def _message(error: ErrorDetails) -> str:
+    """One pydantic error as ``key.path: what is wrong``, worded as the CLI always has."""
+    kind, loc, value = error["type"], error["loc"], error["input"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        valid = _non_null(_schema_at(loc[:-1])).get("properties", {})
+        text = f"unknown key; valid keys here: {', '.join(valid)}"
+    elif loc[-1:] == ("[key]",):
+        text = "a pipeline name uses letters, digits, - and _ only"
+    elif kind == "missing":
+        text = f"required key is missing ({_describe(_schema_at(loc))})"
+    elif kind == "literal_error":
+        text = f"{value!r} is not valid; expected {_describe(_schema_at(loc))}"
+    elif kind == "finite_number":
+        text = f"must be a finite number, got {value!r}"
+    elif kind.endswith(("_type", "_parsing")) or kind == "int_from_float":
+        text = f"expected {_describe(_schema_at(loc))}, got {value!r}"
+    elif kind in ("too_short", "string_too_short"):
+        text = f"must not be empty, got {value!r}"
+    else:
+        text = error["msg"]  # pydantic's own words for anything this file does not expect
+    return f"{_key_path(loc)}: {text}"
+
+
+def _cross_field(obj: Any, loc: Loc, failed: list[Loc]) -> list[tuple[Loc, str]]:
+    """The ``problems()`` of ``obj`` and of the configs inside it, except those about a key whose
+    value already failed its type check (it was left out, so the check would judge the default)."""
+    out: list[tuple[Loc, str]] = []
+    for f in dataclasses.fields(obj):
+        if dataclasses.is_dataclass(inner := getattr(obj, f.name)):
+            out += _cross_field(inner, (*loc, f.name), failed)
+    wrong = {bad[len(loc)] for bad in failed if len(bad) > len(loc) and bad[:len(loc)] == loc}
+    for key, text in obj.problems() if hasattr(obj, "problems") else []:
+        if key.split(".")[0].split("[")[0] not in wrong:
+            out.append(((*loc, key), f"{_key_path(loc)}.{key}: {text}"))
+    return out
+
+
+def _check(raw: dict) -> tuple[PipelinesFile | None, list[str]]:
+    """Every problem of the (overridden) file, type errors and cross-field ones, by pipeline."""
+    pipes = raw.get("pipelines") if isinstance(raw.get("pipelines"), dict) else {}
+    rank = {("pipelines", name): i for i, name in enumerate(pipes)}  # before _typed drops any
+    errors: list[ErrorDetails] = []
+    for key, body in pipes.items():
+        if isinstance(body, dict) and "name" in body:  # a pipeline's name is its key
+            errors.append({"type": "extra_forbidden", "loc": ("pipelines", key, "name"),
+                           "input": body.pop("name"), "msg": ""})
+    built, type_errors = _typed(raw)
+    errors += type_errors
+    found = [(e["loc"], _message(e)) for e in errors]
+    if built is not None:
+        for name, pipeline in built.pipelines.items():
+            found += _cross_field(pipeline, ("pipelines", name), [e["loc"] for e in errors])
+    found.sort(key=lambda item: rank.get(item[0][:2], -1))  # top-level first, then by pipeline
+    return (None if errors else built), [text for _, text in found]
 
 
 # --------------------------------------------------------------------------- overrides
@@ -221,26 +325,24 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-TOP_LEVEL = ("data_dir", "artifacts_dir")
-
-
-def _apply(raw: dict, pipeline: str | None, overrides: dict[str, Any], problems: list[str]) -> None:
+def _apply(raw: dict, pipeline: str | None, overrides: dict[str, Any]) -> list[str]:
+    """Set each dotted key in ``raw``: a top-level one, or a pipeline setting for the chosen
+    pipeline (for every one when none is chosen, as `cifar check` does). Returns problems."""
+    problems: list[str] = []
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        if parts[0] in TOP_LEVEL or parts[0] == "pipelines":
-            target, path = raw, parts
-        else:
-            # a pipeline setting: for the chosen pipeline, or for every one (e.g. `cifar check`)
-            pipes = raw.get("pipelines")
-            if not isinstance(pipes, dict):
-                continue  # reported by the loader
-            names = [pipeline] if pipeline is not None else list(pipes)
-            for name in names:
-                if not isinstance(pipes.get(name), dict):
-                    pipes[name] = {}
-                _set_path(pipes[name], parts, dotted, copy.deepcopy(value), problems)
+        if parts[0] in ("data_dir", "artifacts_dir", "pipelines"):
+            _set_path(raw, parts, dotted, _plain(value), problems)
             continue
-        _set_path(target, path, dotted, value, problems)
+        pipes = raw.get("pipelines")
+        if not isinstance(pipes, dict):
+            continue  # reported by the type check
+        for name in [pipeline] if pipeline is not None else list(pipes):
+            if name in pipes and pipes[name] is None:
+                pipes[name] = {}  # an empty pipeline: all defaults
+            if isinstance(pipes.get(name), dict):  # an unknown name or a wrong body is reported later
+                _set_path(pipes[name], parts, dotted, _plain(value), problems)
+    return problems
 
 
 def _set_path(target: dict, path: list[str], dotted: str, value: Any, problems: list[str]) -> None:
@@ -256,41 +358,8 @@ def _set_path(target: dict, path: list[str], dotted: str, value: Any, problems: 
 
 
 # --------------------------------------------------------------------------- loading
-def _unalias(obj: Any) -> Any:
-    """A tree copy without YAML anchor sharing, so an override of one pipeline's aliased block
-    (``training: *notebook``) does not leak into the others (deepcopy would keep the sharing)."""
-    if isinstance(obj, dict):
-        return {k: _unalias(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unalias(v) for v in obj]
-    return obj
-
-
-def _resolve_local(source: str, base: Path) -> str:
-    if "://" in source:
-        return source
-    p = Path(os.path.expandvars(source)).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def _resolve_sources(cfg: PipelineConfig, base: Path) -> PipelineConfig:
-    """Local dataset paths are relative to the config file, like data_dir."""
-    ds = cfg.dataset
-    ds = dataclasses.replace(
-        ds,
-        source=_resolve_local(ds.source, base) if ds.source else None,
-        mirrors=[_resolve_local(m, base) for m in ds.mirrors],
-    )
-    return dataclasses.replace(cfg, dataset=ds)
-
-
-def load_settings(
-    path: str | os.PathLike = DEFAULT_CONFIG,
-    overrides: dict[str, Any] | None = None,
-    pipeline: str | None = None,
-) -> Settings:
-    """Read, override and validate; raise ConfigError listing every problem with its key path."""
-    path = Path(path).expanduser().resolve()
+def _read(path: Path) -> dict:
+    """The file as plain JSON data; ConfigError if it is missing, not YAML, or not a mapping."""
     src = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -302,35 +371,43 @@ def load_settings(
         raise ConfigError([f"not valid YAML: {exc}"], src) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"expected a mapping at the top level, got {type(raw).__name__}"], src)
-    raw = _unalias(raw)
-    problems: list[str] = []
-    _apply(raw, pipeline, overrides or {}, problems)
+    return _plain(raw)
 
-    for key in raw:
-        if key not in (*TOP_LEVEL, "pipelines"):
-            problems.append(f"{key}: unknown key; valid keys here: {', '.join((*TOP_LEVEL, 'pipelines'))}")
-    dirs = {}
-    for key, default in (("data_dir", "data"), ("artifacts_dir", "artifacts")):
-        value = raw.get(key, default)
-        if not isinstance(value, str) or not value:
-            problems.append(f"{key}: expected a path string, got {value!r}")
-            continue
-        p = Path(os.path.expandvars(value)).expanduser()
-        dirs[key] = p if p.is_absolute() else (path.parent / p)
-    pipes_raw = raw.get("pipelines")
-    pipelines: dict[str, PipelineConfig] = {}
-    if not isinstance(pipes_raw, dict) or not pipes_raw:
-        problems.append(f"pipelines: expected a mapping of pipeline names to settings, got {pipes_raw!r}")
-    else:
-        for name, body in pipes_raw.items():
-            if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-                problems.append(f"pipelines.{name}: a pipeline name uses letters, digits, - and _ only")
-                continue
-            cfg = build(PipelineConfig, body, f"pipelines.{name}", problems, name=name)
-            if cfg is not None:
-                pipelines[name] = _resolve_sources(cfg, path.parent)
-    if pipeline is not None and isinstance(pipes_raw, dict) and pipeline not in pipes_raw:
-        problems.append(f"no pipeline named {pipeline!r}; pipelines in this file: {', '.join(map(str, pipes_raw))}")
-    if problems:
-        raise ConfigError(problems, src)
-    return Settings(path, dirs["data_dir"].resolve(), dirs["artifacts_dir"].resolve(), pipelines)
+
+def _relative_to(base: Path, value: str) -> Path:
+    given = Path(os.path.expandvars(value)).expanduser()
+    return given if given.is_absolute() else (base / given).resolve()
+
+
+def _resolved(name: str, cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    """The pipeline named by its key, local dataset paths relative to the file like data_dir."""
+    def local(source: str) -> str:
+        return source if "://" in source else str(_relative_to(base, source))
+
+    ds = cfg.dataset
+    ds = dataclasses.replace(ds, source=local(ds.source) if ds.source else None,
+                             mirrors=[local(m) for m in ds.mirrors])
+    return dataclasses.replace(cfg, name=name, dataset=ds)
+
+
+def load_settings(
+    path: str | os.PathLike = DEFAULT_CONFIG,
+    overrides: dict[str, Any] | None = None,
+    pipeline: str | None = None,
+) -> Settings:
+    """Read, override and validate; raise ConfigError listing every problem with its key path."""
+    path = Path(path).expanduser().resolve()
+    raw = _read(path)
+    problems = _apply(raw, pipeline, overrides or {})
+    names = list(raw["pipelines"]) if isinstance(raw.get("pipelines"), dict) else None
+    built, found = _check(raw)
+    problems += found
+    if pipeline is not None and names is not None and pipeline not in names:
+        problems.append(f"no pipeline named {pipeline!r}; pipelines in this file: {', '.join(names)}")
+    if problems or built is None:
+        raise ConfigError(problems, str(path))
+    base = path.parent
+    return Settings(
+        path, _relative_to(base, built.data_dir).resolve(), _relative_to(base, built.artifacts_dir).resolve(),
+        {name: _resolved(name, cfg, base) for name, cfg in built.pipelines.items()},
+    )

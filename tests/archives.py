@@ -238,7 +238,8 @@ class Fault:
     """One scripted answer: ``status`` (e.g. 503, 404), ``cut`` (send this many body bytes then
     drop the connection), ``offset`` (a 206 whose range starts this many bytes off),
     ``ignore_range`` (answer 200 with the whole body), ``flip`` (flip the byte at this index),
-    ``delay`` (seconds to sleep per 64 KiB chunk)."""
+    ``delay`` (seconds to sleep per 64 KiB chunk), ``location`` (answer 302 to this path),
+    ``swap`` ((bytes, etag): the file changes to these once this answer is under way)."""
 
     status: int | None = None
     cut: int | None = None
@@ -246,6 +247,8 @@ class Fault:
     ignore_range: bool = False
     flip: int | None = None
     delay: float = 0.0
+    location: str | None = None
+    swap: tuple[bytes, str] | None = None
 
 
 def status(code: int) -> Fault:
@@ -272,12 +275,17 @@ def slow(delay: float) -> Fault:
     return Fault(delay=delay)
 
 
+def redirect(to: str) -> Fault:
+    return Fault(status=302, location=to)
+
+
 @dataclass
 class Request:
     path: str
     range: str | None
     status: int
     sent: int  # body bytes sent
+    if_range: str | None = None
 
 
 @dataclass
@@ -286,13 +294,16 @@ class FileServer:
 
     ``srv.script('a.tar.gz', status(503), status(503))`` queues faults, one per request, in
     order; after the queue, ``srv.default[name]`` (if set) applies to every request, else
-    the file is served normally (Range honoured). ``srv.requests`` logs every request.
+    the file is served normally (Range honoured; with ``srv.etags[name]`` set, an ETag is sent
+    and a Range whose If-Range names another one gets the whole file). ``srv.requests`` logs
+    every request.
     """
 
     files: dict[str, bytes] = field(default_factory=dict)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     default: dict[str, Fault] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    etags: dict[str, str] = field(default_factory=dict)
 
     def add(self, name: str, data: bytes | Path) -> str:
         self.files[name] = Path(data).read_bytes() if isinstance(data, Path) else data
@@ -342,7 +353,7 @@ class FileServer:
     def _log(self, h, code: int, sent: int) -> Request:
         """Logged before the body goes out (so a client that has its bytes sees its request);
         ``sent`` is updated as the body is written."""
-        req = Request(h.path, h.headers.get("Range"), code, sent)
+        req = Request(h.path, h.headers.get("Range"), code, sent, h.headers.get("If-Range"))
         with self._lock:
             self.requests.append(req)
         return req
@@ -350,8 +361,17 @@ class FileServer:
     def _serve(self, h) -> None:
         name = h.path.lstrip("/")
         fault = self._next_fault(name)
-        data = self.files.get(name)
+        data, etag = self.files.get(name), self.etags.get(name)
+        if fault.swap is not None:
+            self.files[name], self.etags[name] = fault.swap
         code = fault.status or (404 if data is None else 200)
+        if fault.location is not None:
+            self._log(h, code, 0)
+            h.send_response(code)
+            h.send_header("Location", fault.location)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         if code >= 400:
             body = f"{code}\n".encode()
             self._log(h, code, 0)
@@ -365,7 +385,8 @@ class FileServer:
             data[fault.flip % len(data)] ^= 0xFF
             data = bytes(data)
         start, rng = 0, h.headers.get("Range")
-        if rng and not fault.ignore_range and rng.startswith("bytes="):
+        stale = h.headers.get("If-Range") is not None and h.headers.get("If-Range") != etag
+        if rng and not fault.ignore_range and not stale and rng.startswith("bytes="):
             start = int(rng[len("bytes="):].split("-")[0])
             if start >= len(data):
                 self._log(h, 416, 0)
@@ -380,6 +401,8 @@ class FileServer:
         h.send_response(code)
         h.send_header("Content-Length", str(len(body)))
         h.send_header("Accept-Ranges", "bytes")
+        if etag:
+            h.send_header("ETag", etag)
         if code == 206:
             h.send_header("Content-Range", f"bytes {claimed}-{len(data) - 1}/{len(data)}")
         req = self._log(h, code, 0)

@@ -8,6 +8,11 @@ import os
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Downloads honour the proxy variables (httpx's trust_env); the tests' servers are on loopback,
+# so a proxy set on the machine must neither carry nor break them. Proxy tests set their own.
+for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+    os.environ.pop(_var, None)
+    os.environ.pop(_var.lower(), None)
 
 import pytest
 

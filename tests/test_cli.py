@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.cli import build_parser, format_data_summary
 
@@ -54,6 +57,33 @@ def test_set_is_type_checked_and_shown(tmp_path):
     assert r.returncode == 2 and "expected KEY=VALUE" in r.stderr
 
 
+def test_check_schema_prints_a_json_schema_the_shipped_file_meets():
+    r = cifar("check", "--schema")
+    assert r.returncode == 0, r.stderr
+    schema = json.loads(r.stdout)
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == {"data_dir", "artifacts_dir", "pipelines"}
+    pipeline = schema["$defs"]["PipelineConfig"]
+    assert pipeline["additionalProperties"] is False
+    assert {"dataset", "prepare", "model", "training", "promote", "report", "schedule"} <= set(pipeline["properties"])
+    assert all(d.get("additionalProperties") is False for d in schema["$defs"].values())
+    shipped = yaml.safe_load((REPO / "pipelines.yaml").read_text())
+    broken = copy.deepcopy(shipped)
+    broken["pipelines"]["train"]["keep_last"] = "many"
+    broken["pipelines"]["smoke"]["colour"] = "blue"
+    try:
+        import jsonschema
+    except ImportError:  # no validator installed: the structure it would check, by hand
+        assert schema["properties"]["pipelines"]["patternProperties"]
+        assert schema["$defs"]["TrainingConfig"]["properties"]["epochs"]["type"] == "integer"
+        return
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors(shipped)) == []
+    wrong = sorted(list(e.absolute_path) for e in validator.iter_errors(broken))
+    assert wrong == [["pipelines", "smoke"], ["pipelines", "train", "keep_last"]]
+
+
 def test_unknown_pipeline_is_a_clear_error():
     r = cifar("run", "nope")
     assert r.returncode == 2 and "no pipeline named 'nope'" in r.stderr and "Traceback" not in r.stderr
@@ -93,7 +123,7 @@ def test_data_summary_formatting():
 
 def test_an_unreachable_url_gets_a_next_step():
     from flows.cli import _hint
-    from tasks.download import ChecksumError, TransientDownloadError
+    from tasks.download.errors import ChecksumError, TransientDownloadError
 
     hint = _hint(TransientDownloadError("https://x/c.tgz: gaierror"))
     assert "dataset.source" in hint and "mirrors" in hint and "smoke-jpeg" in hint

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import load_settings, parse_set
+from flows.config import config_schema, load_settings, parse_set
 from tasks.core.errors import ConfigError
-from tasks.download import OFFICIAL
+from tasks.download.config import OFFICIAL
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -170,3 +170,103 @@ def test_malformed_set():
     with pytest.raises(ConfigError) as info:
         parse_set(["epochs"])
     assert "expected KEY=VALUE" in str(info.value)
+
+
+def test_non_finite_numbers_are_refused_with_their_key_path(tmp_path):
+    p = write(tmp_path, """
+        pipelines:
+          a:
+            training: {epochs: .inf, optimizer: {learning_rate: .nan, decay: -.inf}}
+            dataset: {read_timeout: .inf}
+            promote: {min_delta: .nan}
+    """)
+    got = problems(p)
+    assert "pipelines.a.training.optimizer.learning_rate: must be a finite number, got nan" in got
+    assert "pipelines.a.training.optimizer.decay: must be a finite number, got -inf" in got
+    assert "pipelines.a.dataset.read_timeout: must be a finite number, got inf" in got
+    assert "pipelines.a.promote.min_delta: must be a finite number, got nan" in got
+    assert "pipelines.a.training.epochs: expected an integer, got inf" in got
+    assert len(got) == 5, got  # no cross-field check repeats them
+
+    ok = write(tmp_path, "pipelines: {a: {}}\n")
+    overrides = parse_set(["training.optimizer.learning_rate=inf", "training.optimizer.decay=nan",
+                           "promote.min_delta=-Infinity"])
+    got = problems(ok, overrides=overrides, pipeline="a")
+    assert got == ["pipelines.a.training.optimizer.learning_rate: must be a finite number, got inf",
+                   "pipelines.a.training.optimizer.decay: must be a finite number, got nan",
+                   "pipelines.a.promote.min_delta: must be a finite number, got -inf"], got
+    got = problems(ok, overrides={"training.optimizer.momentum": float("nan")})
+    assert got == ["pipelines.a.training.optimizer.momentum: must be a finite number, got nan"]
+
+
+def test_numbers_and_booleans_are_what_they_say(tmp_path):
+    p = write(tmp_path, """
+        pipelines:
+          a:
+            training: {epochs: 5.0, batch_size: "32", augment: 1, optimizer: {momentum: true}}
+            keep_last: yes
+    """)
+    assert sorted(problems(p)) == [
+        "pipelines.a.keep_last: expected an integer, got True",
+        "pipelines.a.training.augment: expected true or false, got 1",
+        "pipelines.a.training.batch_size: expected an integer, got '32'",
+        "pipelines.a.training.epochs: expected an integer, got 5.0",
+        "pipelines.a.training.optimizer.momentum: expected a number, got True",
+    ]
+    # an integer is a number, and so is a number PyYAML read as text (no dot: 1e-4)
+    p = write(tmp_path, "pipelines: {a: {training: {optimizer: {learning_rate: 1e-4, decay: 0}}}}\n")
+    opt = load_settings(p).pipelines["a"].training.optimizer
+    assert (opt.learning_rate, opt.decay) == (1e-4, 0.0) and isinstance(opt.decay, float)
+
+
+def test_an_empty_block_means_its_defaults(tmp_path):
+    p = write(tmp_path, """
+        pipelines:
+          bare:
+          half: {training: , schedule: }
+    """)
+    s = load_settings(p, {"dataset.limit_train": 50}, pipeline="bare")
+    assert s.pipelines["bare"].dataset.limit_train == 50 and s.pipelines["bare"].training.epochs == 20
+    assert s.pipelines["half"].training.epochs == 20 and s.pipelines["half"].schedule is None
+
+
+def test_a_pipeline_is_named_by_its_key(tmp_path):
+    p = write(tmp_path, """
+        pipelines:
+          a: {name: b}
+          "two words": {}
+          ok-name_2: {schedule: {cronn: "0 3 * * *"}}
+    """)
+    got = problems(p)
+    assert got[0].startswith("pipelines.a.name: unknown key; valid keys here: description, expect")
+    assert "pipelines.two words: a pipeline name uses letters, digits, - and _ only" in got
+    assert "pipelines.ok-name_2.schedule.cron: required key is missing (a string)" in got
+    assert "pipelines.ok-name_2.schedule.cronn: unknown key; valid keys here: cron, timezone" in got
+    assert len(got) == 4, got
+    assert load_settings(write(tmp_path, "pipelines: {x-1: {}}\n")).pipelines["x-1"].name == "x-1"
+
+
+def test_the_file_needs_pipelines(tmp_path):
+    for text, want in [
+        ("data_dir: d\n", "pipelines: required key is missing (a mapping of names to settings)"),
+        ("pipelines: {}\n", "pipelines: must not be empty, got {}"),
+        ("pipelines: [a]\n", "pipelines: expected a mapping of names to settings, got ['a']"),
+        ("pipelines: {a: {}}\ndata_dir: ''\n", "data_dir: must not be empty, got ''"),
+    ]:
+        assert problems(write(tmp_path, text)) == [want]
+
+
+def test_set_on_an_unknown_pipeline_does_not_create_it(tmp_path):
+    p = write(tmp_path, "pipelines: {a: {}}\n")
+    assert problems(p, overrides={"training.epochs": 1}, pipeline="zzz") == [
+        "no pipeline named 'zzz'; pipelines in this file: a"]
+
+
+def test_the_schema_describes_the_file():
+    schema = config_schema()
+    pipeline = schema["$defs"]["PipelineConfig"]
+    assert pipeline["additionalProperties"] is False and "name" not in pipeline["properties"]
+    assert {"dataset", "prepare", "model", "training", "promote", "keep_last", "report",
+            "schedule"} <= set(pipeline["properties"])
+    assert schema["$defs"]["OptimizerConfig"]["properties"]["name"]["enum"] == ["rmsprop", "adam", "sgd"]
+    assert schema["required"] == ["pipelines"] and schema["additionalProperties"] is False

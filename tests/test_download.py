@@ -4,17 +4,22 @@ for the retry and cache slice. No mocks."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import http.client
+import http.server
 import io
 import os
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 from archives import (
     CIFAR10_CLASSES,
+    Fault,
     FileServer,
     add_bytes,
     add_symlink,
@@ -28,6 +33,7 @@ from archives import (
     flip,
     ignore_range,
     random_split,
+    redirect,
     sha256_of,
     slow,
     status,
@@ -35,22 +41,29 @@ from archives import (
     wrong_offset,
 )
 from tasks.core.datacache import cache_problems, load_dataset
-from tasks.download import (
+from tasks.download.archive import iter_tar_threaded
+from tasks.download.config import DatasetConfig
+from tasks.download.decode import balanced_subset, decode_and_cache, decode_archive
+from tasks.download.errors import (
     ChecksumError,
-    DatasetConfig,
     DatasetFormatError,
     SourceNotFoundError,
     TransientDownloadError,
     UnsafeArchiveError,
-    balanced_subset,
-    decode_and_cache,
-    decode_archive,
-    fetch,
-    iter_tar_threaded,
-    parse_binary_batch,
 )
+from tasks.download.fetching import fetch
 
 MB = 2**20
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+                   "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_machine(monkeypatch):
+    """The client honours the proxy variables; these tests set their own, so a proxy in the
+    machine's environment does not carry (or break) their loopback requests."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 def url_cfg(built, url, **kw) -> DatasetConfig:
@@ -194,12 +207,129 @@ def test_local_path_without_checksum_is_hashed_and_file_url_is_verified(tmp_path
         fetch(DatasetConfig(source=str(tmp_path / "absent.tar.gz")), tmp_path / "data")
 
 
+def test_redirects_are_followed_with_the_range_and_a_loop_is_refused(tmp_path, binary, server):
+    server.add("c.tar.gz", binary.path)
+    server.script("old.tar.gz", redirect("/c.tar.gz"), redirect("/c.tar.gz"))
+    server.script("c.tar.gz", cut(1000))
+    rec = fetch(url_cfg(binary, server.url("old.tar.gz")), tmp_path / "data")
+    assert [(r.path, r.status, r.range) for r in server.hits()] == [
+        ("/old.tar.gz", 302, None), ("/c.tar.gz", 200, None),
+        ("/old.tar.gz", 302, "bytes=1000-"), ("/c.tar.gz", 206, "bytes=1000-")]
+    assert rec.sha256 == binary.sha256 and rec.source == server.url("old.tar.gz")
+    server.default["loop"] = redirect("/loop")
+    with pytest.raises(SourceNotFoundError, match=r"loop: more than 5 redirects"):
+        fetch(url_cfg(binary, server.url("loop")), tmp_path / "data2")
+    assert len(server.hits("loop")) == 6
+
+
+def test_a_resume_names_the_etag_and_a_changed_file_is_fetched_whole(tmp_path, binary, server):
+    url = server.add("c.tar.gz", binary.path)
+    server.etags["c.tar.gz"] = '"v1"'
+    server.script("c.tar.gz", cut(1000))
+    assert fetch(url_cfg(binary, url), tmp_path / "data").sha256 == binary.sha256
+    assert [(r.status, r.range, r.if_range) for r in server.hits()] == [
+        (200, None, None), (206, "bytes=1000-", '"v1"')]
+    # the file changes between the drop and the resume: If-Range gets the new file whole,
+    # instead of its tail spliced onto the old file's head
+    old = bytearray(binary.path.read_bytes())
+    old[100] ^= 0xFF
+    url2 = server.add("d.tar.gz", bytes(old))
+    server.etags["d.tar.gz"] = '"old"'
+    server.script("d.tar.gz", Fault(cut=1000, swap=(binary.path.read_bytes(), '"new"')))
+    rec = fetch(url_cfg(binary, url2), tmp_path / "data2")
+    assert rec.sha256 == binary.sha256
+    assert [(r.status, r.range, r.if_range) for r in server.hits("d.tar.gz")] == [
+        (200, None, None), (200, "bytes=1000-", '"old"')]
+
+
+def test_a_stalled_body_times_out_and_resumes_where_it_stopped(tmp_path, server):
+    payload = np.random.default_rng(2).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    url = server.add("stall.bin", payload)
+    server.script("stall.bin", slow(3.0))  # the first 64 KiB, then nothing for 3 s
+    cfg = DatasetConfig(source=url, sha256=hashlib.sha256(payload).hexdigest(),
+                        connect_timeout=2, read_timeout=1)
+    t0 = time.monotonic()
+    rec = fetch(cfg, tmp_path / "data")
+    assert time.monotonic() - t0 < 2.9  # the read timeout, not the server, ended the stall
+    assert [(r.status, r.range) for r in server.hits()] == [(200, None), (206, "bytes=65536-")]
+    assert Path(rec.path).read_bytes() == payload
+
+
+class ForwardingProxy:
+    """A plain HTTP proxy on 127.0.0.1: takes absolute-URI GETs (what a client sends a proxy),
+    forwards each to its server and relays the answer. ``seen`` lists the URIs it was asked for."""
+
+    HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+                            "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def __enter__(self) -> ForwardingProxy:
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.seen.append(self.path)
+                target = urlsplit(self.path)
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in owner.HOP_BY_HOP}
+                upstream.request("GET", target.path or "/", headers=headers)
+                resp = upstream.getresponse()
+                body = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in owner.HOP_BY_HOP:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                upstream.close()
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def test_the_environments_http_proxy_carries_the_download_and_no_proxy_bypasses_it(
+        tmp_path, binary, server, monkeypatch):
+    url = server.add("c.tar.gz", binary.path)
+    with ForwardingProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        rec = fetch(url_cfg(binary, url), tmp_path / "data")
+    assert rec.sha256 == binary.sha256 and Path(rec.path).read_bytes() == binary.path.read_bytes()
+    assert proxy.seen == [url]  # the proxy was asked for the archive by its absolute URI ...
+    assert [(r.path, r.status) for r in server.hits()] == [("/c.tar.gz", 200)]  # ... and fetched it
+    # the proxy is gone now: with HTTP_PROXY still naming it the download fails, with NO_PROXY
+    # naming the server it goes straight there
+    with pytest.raises(TransientDownloadError, match="network error"):
+        fetch(url_cfg(binary, url), tmp_path / "data2")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert fetch(url_cfg(binary, url), tmp_path / "data3").sha256 == binary.sha256
+    assert proxy.seen == [url] and len(server.hits()) == 2
+
+
 # --------------------------------------------------------------------------- decode
-def test_golden_binary_channel_order():
+def test_golden_binary_channel_order(tmp_path):
     rng = np.random.default_rng(1)
     records = rng.integers(0, 256, (3, 3073), dtype=np.uint8)
     records[:, 0] = [0, 9, 4]
-    x, y = parse_binary_batch(records.tobytes(), "golden", 10)
+    batches = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    members = [("cifar-10-batches-bin/batches.meta.txt", "\n".join(CIFAR10_CLASSES).encode())] + [
+        (f"cifar-10-batches-bin/{b}.bin", records.tobytes() if b == "data_batch_1" else b"") for b in batches]
+    path = write_tar(tmp_path / "golden.tar.gz", members)
+    x, y = decode_archive(path, "cifar10-binary", 100 * MB)[:2]
     assert x.shape == (3, 32, 32, 3) and y.tolist() == [0, 9, 4]
     for i, r, c, ch in [(0, 0, 0, 0), (1, 31, 31, 2), (2, 5, 17, 1), (0, 0, 1, 2), (1, 1, 0, 0)]:
         assert x[i, r, c, ch] == records[i, 1 + ch * 1024 + r * 32 + c]
@@ -419,7 +549,9 @@ def test_image_folder_grayscale_stays_one_channel_and_jpeg_decodes(tmp_path):
     jpg = build_image_folder(tmp_path / "j", "tar.gz", ext="jpg", size=(16, 16))
     xj = decode_archive(jpg.path, "image-folder", 100 * MB)[0]
     assert xj.shape == (9, 16, 16, 3)
-    from PIL import Image  # JPEG is lossy: compare with Pillow's own reading of the first file
+    from PIL import (
+        Image,  # JPEG is lossy: compare with Pillow's own reading of the first file
+    )
 
     first = Image.open(io.BytesIO(encode_image(jpg.x_train[0], "jpg")))
     assert np.array_equal(xj[0], np.asarray(first.convert("RGB")))

@@ -86,7 +86,7 @@ def test_whole_flow_then_a_rerun_that_repeats_nothing(prefect_engine, tmp_path, 
 
 def test_a_doctored_dataset_stops_the_flow_before_training(prefect_engine, tmp_path):
     from flows.cifar import cifar
-    from tasks.prepare import DataValidationError
+    from tasks.prepare.errors import DataValidationError
 
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)

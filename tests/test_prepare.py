@@ -2,7 +2,7 @@
 
 A tiny hand-made dataset (2 classes, 2x2x3 images) whose summary is computable by hand; each
 broken variant must fail with its own check and hint, and nothing else. Engine tests run the
-cached @task for real on a dataset cache written by tasks.cache.
+cached @task for real on a dataset cache written by tasks.core.datacache.
 """
 
 import subprocess
@@ -13,15 +13,11 @@ import numpy as np
 import pytest
 
 from tasks.core.datacache import write_dataset_cache
-from tasks.prepare import (
-    DataValidationError,
-    PrepareConfig,
-    one_hot,
-    scale_pixels,
-    validate_arrays,
-    validate_dataset,
-    validation_path,
-)
+from tasks.core.pixels import one_hot, scale_pixels
+from tasks.prepare import validate_dataset
+from tasks.prepare.config import PrepareConfig
+from tasks.prepare.errors import DataValidationError
+from tasks.prepare.validation import validate_arrays, validation_path
 
 CLASSES = ("cat", "dog")
 ROOT = Path(__file__).resolve().parents[1]

@@ -216,7 +216,7 @@ def _images(html: str) -> list[bytes]:
 
 # --------------------------------------------------------------------------- pure pieces
 def test_first_conv_example_is_derived_from_the_layer_params():
-    from tasks.report import first_conv_example
+    from tasks.report.context import first_conv_example
 
     layers = [{"name": n, "class": c, "output_shape": s, "params": p} for n, c, s, p in NOTEBOOK_LAYERS]
     ex = first_conv_example(layers, [50000, 32, 32, 3])
@@ -234,7 +234,7 @@ def test_first_conv_example_is_derived_from_the_layer_params():
 def test_plots_are_pngs_of_the_expected_size():
     from PIL import Image
 
-    from tasks.report import plot_confusion, plot_history, plot_image_grid
+    from tasks.report.plots import plot_confusion, plot_history, plot_image_grid
 
     hist = [{"epoch": i, "loss": 2 - i / 5, "accuracy": i / 5, "val_loss": 2.1 - i / 5,
              "val_accuracy": i / 6, "seconds": 3.0} for i in range(1, 5)]
@@ -252,7 +252,8 @@ def test_plots_are_pngs_of_the_expected_size():
 def test_report_shows_the_run_and_matches_its_files(runs):
     from PIL import Image
 
-    from tasks.report import ReportConfig, render_report
+    from tasks.report.config import ReportConfig
+    from tasks.report.rendering import render_report
 
     run_dir = runs["notebook"][2]
     path = render_report(run_dir, ReportConfig(sample_images=16, confident_mistakes=6))
@@ -293,7 +294,7 @@ def test_report_shows_the_run_and_matches_its_files(runs):
 
 
 def test_report_without_the_dataset_cache_says_so(runs, tmp_path):
-    from tasks.report import render_report
+    from tasks.report.rendering import render_report
 
     run_dir = tmp_path / "art" / "notebook" / "runs" / runs["notebook"][0].name
     shutil.copytree(runs["notebook"][0], run_dir)
@@ -306,7 +307,7 @@ def test_report_without_the_dataset_cache_says_so(runs, tmp_path):
 
 def test_incomplete_run_folder_names_the_missing_file(runs, tmp_path):
     from tasks.core.errors import CifarError
-    from tasks.report import render_report
+    from tasks.report.rendering import render_report
 
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metadata.json").write_text("{}")
@@ -316,7 +317,7 @@ def test_incomplete_run_folder_names_the_missing_file(runs, tmp_path):
 
 
 def test_index_lists_every_run_newest_first_with_champions_and_pairs(runs):
-    from tasks.report import render_index
+    from tasks.report.rendering import render_index
 
     html = render_index(runs["art"]).read_text()
     order = re.findall(r'<tr data-run="([^"]+)">', html)
@@ -341,7 +342,7 @@ def test_index_lists_every_run_newest_first_with_champions_and_pairs(runs):
 def test_report_in_headless_chromium(runs, tmp_path):
     from browser import BrowserMissing, Chromium, find_chromium
 
-    from tasks.report import regenerate
+    from tasks.report.rendering import regenerate
 
     try:
         find_chromium()
@@ -385,7 +386,9 @@ def test_build_report_task_publishes_artifacts_and_caches(runs, prefect_engine):
     from prefect import flow
 
     from tasks.core.caching import bind_local as _local  # what the flow does
-    from tasks.report import ReportConfig, ReportRecord, build_report
+    from tasks.report import build_report
+    from tasks.report.config import ReportConfig
+    from tasks.report.rendering import ReportRecord
 
     run_dir = runs["wide"][0]
     meta = read_json(run_dir / "metadata.json")

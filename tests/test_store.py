@@ -21,24 +21,19 @@ import numpy as np
 import pytest
 
 from tasks.core.datacache import write_dataset_cache
-from tasks.core.hashing import hash_file
-from tasks.prepare import ValidationRecord, scale_pixels
-from tasks.store import (
-    ModelIntegrityError,
-    PromoteConfig,
-    decide_promotion,
-    format_runs_table,
-    history_csv,
-    layer_table,
-    list_runs,
-    new_run_id,
-    per_class_metrics,
-    prune_runs,
-    save_run,
-    sha256_tree,
-    store_run,
-)
-from tasks.train import TrainRecord
+from tasks.core.hashing import hash_file, hash_tree
+from tasks.core.pixels import scale_pixels
+from tasks.core.runs import list_runs
+from tasks.prepare.config import ValidationRecord
+from tasks.store import save_run
+from tasks.store.config import PromoteConfig
+from tasks.store.evaluation import per_class_metrics
+from tasks.store.promotion import decide_promotion
+from tasks.store.retention import prune_runs
+from tasks.store.run_folder import history_csv, model_layers, new_run_id
+from tasks.store.saving import ModelIntegrityError, store_run
+from tasks.store.table import format_runs_table
+from tasks.train.config import TrainRecord
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("cat", "dog", "frog")
@@ -202,7 +197,7 @@ def test_run_id_history_csv_and_layer_table():
                                        {"accuracy": 0.4, "epoch": 2, "loss": 1.5, "lr": 0.1, "seconds": 3.0}]})
     assert csv_text == "epoch,loss,accuracy,seconds,lr\n1,2.0,0.3,3.5,0.1\n2,1.5,0.4,3.0,0.1\n"
     model = _model()
-    rows = layer_table(model)
+    rows = model_layers(model)
     assert [r["class"] for r in rows] == ["InputLayer", "Conv2D", "Flatten", "Dense"]
     assert rows[1]["output_shape"] == [None, 6, 6, 4] and rows[1]["params"] == 3 * 3 * 3 * 4 + 4
     assert rows[1]["kernel_size"] == [3, 3] and "kernel_size" not in rows[3]
@@ -233,7 +228,7 @@ def test_run_folder_is_complete_and_self_describing(saved, dataset, models):
     assert meta["promotion"]["promoted"] and meta["promotion"]["reason"] == "first run of this pipeline"
     # every file's sha256 is recorded, and the model is the train stage's file, byte for byte
     for name, digest in meta["files"].items():
-        actual = sha256_tree(rdir / name) if name == "savedmodel" else hash_file(rdir / name).sha256
+        actual = hash_tree(rdir / name).sha256 if name == "savedmodel" else hash_file(rdir / name).sha256
         assert actual == digest, name
     assert meta["files"]["model.keras"] == train_json["model_sha256"]
     # metrics agree with the saved predictions over the 20 cached test images, in order
@@ -354,7 +349,7 @@ ROUND_TRIP = r"""
 import json, sys
 import numpy as np, keras, tensorflow as tf
 from tasks.core.datacache import load_dataset
-from tasks.prepare import scale_pixels
+from tasks.core.pixels import scale_pixels
 run, data = sys.argv[1], sys.argv[2]
 meta = json.load(open(f"{run}/metadata.json"))
 pre = meta["training"]["preprocess"]

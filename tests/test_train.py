@@ -23,23 +23,15 @@ import pytest
 
 from tasks.core.datacache import write_dataset_cache
 from tasks.core.files import read_json
-from tasks.prepare import PrepareConfig
-from tasks.train import (
-    MODELS,
-    OptimizerConfig,
-    RowReader,
-    TrainingConfig,
-    TrainingError,
-    build_model,
-    format_epoch_line,
-    make_dataset,
-    make_optimizer,
-    model_summary,
-    resolve_runtime,
-    run_training,
-    train_key,
-    trained_problems,
-)
+from tasks.prepare.config import PrepareConfig
+from tasks.train.config import OptimizerConfig, TrainingConfig, TrainingError
+from tasks.train.devices import resolve_runtime
+from tasks.train.fit import make_optimizer
+from tasks.train.inputs import RowReader, make_dataset
+from tasks.train.model_folder import trained_problems
+from tasks.train.models import MODELS, build_model
+from tasks.train.progress import format_epoch_line
+from tasks.train.run import run_training, train_key
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "train_worker.py"
@@ -57,6 +49,17 @@ def make_cache(root: Path, n_train=64, n_test=32, shape=(16, 16, 3), classes=10,
         [f"c{i}" for i in range(classes)],
         {"source": "test"},
     )
+
+
+def model_summary(model) -> list[dict]:
+    """One row per layer: name, class, output shape (batch dim as None), parameter count."""
+    rows = []
+    for layer in model.layers:
+        shape = layer.output.shape
+        rows.append({"name": layer.name, "class": type(layer).__name__,
+                     "output_shape": [None if d is None else int(d) for d in shape],
+                     "params": int(layer.count_params())})
+    return rows
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tasks.core.datacache import record_from_manifest
     from tasks.core.files import read_json
-    from tasks.prepare import PrepareConfig
-    from tasks.train import TrainingConfig, run_training
+    from tasks.prepare.config import PrepareConfig
+    from tasks.train.config import TrainingConfig
+    from tasks.train.run import run_training
 
     class Pause(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

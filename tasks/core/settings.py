@@ -6,5 +6,6 @@ from __future__ import annotations
 from pydantic import ConfigDict
 
 # Unknown keys are errors (a typo never silently falls back to a default), and NaN/inf are
-# refused wherever a number is expected.
+# refused wherever a number is expected. flows/config.py validates in pydantic's strict JSON mode
+# (an int field takes no 5.0, "5" or true), so the classes stay plain stdlib dataclasses.
 SETTINGS = ConfigDict(extra="forbid", allow_inf_nan=False)

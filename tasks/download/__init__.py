@@ -1,0 +1,81 @@
+"""Stage 1: download the archive and decode it into the dataset cache, as two Prefect tasks.
+
+``fetch_archive`` retries network faults with backoff (never a checksum mismatch or a 404) and
+is cached by the archive's expected checksum; ``decode_dataset`` is cached by the dataset's
+fingerprint. Both caches are trusted only while the files behind them are intact. The work
+itself lives in the modules beside this one: ``config`` (what to fetch), ``fetching`` and
+``transfer`` (getting verified bytes), ``archive`` and ``inflate`` (reading untrusted archives),
+``formats`` and ``image_folder`` (the decoders), ``decode`` (the cache build).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from tasks.core.caching import VerifiedCache, retry_only_on
+from tasks.core.datacache import DatasetRecord, cache_problems
+from tasks.core.hashing import code_fingerprint, stable_hash
+from tasks.download import config, fetching
+from tasks.download.config import DatasetConfig, expected_for, local_path, sources_for
+from tasks.download.decode import dataset_dir, dataset_fingerprint, decode_and_cache
+from tasks.download.errors import TransientDownloadError
+from tasks.download.fetching import ArchiveRecord, cached_archive, hash_local
+
+# What decides the fetched record (where the archive lands, what it must hash to, which source
+# gives it): the sources and the fetch; the transfer only moves bytes that fetch then verifies.
+FETCH_CODE_VERSION = code_fingerprint(config, fetching)
+
+
+def retry_options(cfg: DatasetConfig, backoff_factor: float = 2.0) -> dict[str, Any]:
+    """``fetch_archive.with_options(**retry_options(cfg))`` applies ``dataset.retries``."""
+    return {"retries": cfg.retries, "retry_delay_seconds": exponential_backoff(backoff_factor)(max(cfg.retries, 1))}
+
+
+def _fetch_key(inputs: dict[str, Any]) -> str:
+    cfg: DatasetConfig = inputs["cfg"]
+    exp = expected_for(cfg)
+    if exp.known:
+        content = [exp.sha256, exp.md5, exp.size]
+    else:  # a local file or folder without a configured checksum: its content hash
+        path = local_path(sources_for(cfg)[0])
+        content = [hash_local(path, inputs["data_dir"]).sha256] if path is not None and path.exists() else [None]
+    return stable_hash("fetch", cfg.format, content, FETCH_CODE_VERSION)
+
+
+def _fetch_valid(inputs: dict[str, Any], key: str) -> bool:
+    return cached_archive(inputs["cfg"], inputs["data_dir"]) is not None
+
+
+def _decode_key(inputs: dict[str, Any]) -> str:
+    return dataset_fingerprint(inputs["archive"], inputs["cfg"])
+
+
+def _decode_valid(inputs: dict[str, Any], key: str) -> bool:
+    return not cache_problems(dataset_dir(inputs["archive"], inputs["cfg"], inputs["data_dir"]))
+
+
+@task(
+    name="fetch-archive",
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_on(TransientDownloadError),  # a checksum mismatch or a 404 would fail again
+    cache_policy=VerifiedCache(key_fn=_fetch_key, valid_fn=_fetch_valid),
+    persist_result=True,
+)
+def fetch_archive(cfg: DatasetConfig, data_dir: str) -> ArchiveRecord:
+    """Download (or find) and verify the archive; retried with backoff on network errors."""
+    return fetching.fetch(cfg, data_dir)
+
+
+@task(
+    name="decode-dataset",
+    cache_policy=VerifiedCache(key_fn=_decode_key, valid_fn=_decode_valid),
+    persist_result=True,
+)
+def decode_dataset(archive: ArchiveRecord, cfg: DatasetConfig, data_dir: str) -> DatasetRecord:
+    """Decode the archive into the verified, memory-mappable ``.npy`` cache (once)."""
+    return decode_and_cache(archive, cfg, data_dir)

@@ -1,0 +1,21 @@
+"""``report:`` in pipelines.yaml: how many test images the report shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.core.settings import SETTINGS
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """``report:`` in pipelines.yaml."""
+
+    __pydantic_config__ = SETTINGS
+
+    sample_images: int = 40  # test images shown with true/predicted labels
+    confident_mistakes: int = 12
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [(k, f"must be >= 0, got {getattr(self, k)}")
+                for k in ("sample_images", "confident_mistakes") if getattr(self, k) < 0]

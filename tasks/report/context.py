@@ -1,0 +1,307 @@
+"""What the report and the index show, as plain values for the templates: the headline and its
+comparisons, per-class rows, the sampled test images, the layer table and its worked example,
+the comparison with earlier runs, and the index's rows and pipeline pairs. Pictures arrive
+already as PNG ``data:`` URIs from ``tasks.report.plots``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tasks.core import runs
+from tasks.core.hashing import stable_hash, to_jsonable
+from tasks.report.config import ReportConfig
+from tasks.report.plots import (
+    data_uri,
+    plot_comparison,
+    plot_confusion,
+    plot_history,
+    plot_image_grid,
+    plot_index_accuracy,
+    plot_pair,
+)
+
+STAGE_ORDER = ("download", "prepare", "train", "save", "report")
+CONFIG_ORDER = ("name", "description", "expect", "dataset", "prepare", "model", "training",
+                "promote", "keep_last", "report", "schedule")
+COMPARED_RUNS = 8  # earlier runs drawn in the comparison plot, newest first
+
+
+def format_shape(shape: Any) -> str:
+    """Keras output shape to text, the batch dimension dropped: [None, 32, 32, 3] -> (32, 32, 3)."""
+    if shape is None:
+        return ""
+    if isinstance(shape, str):
+        return shape
+    dims = list(shape)
+    if dims and dims[0] is None:
+        dims = dims[1:]
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+
+
+def _last_dim(shape: Any) -> int | None:
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[-1], int):
+        return shape[-1]
+    return None
+
+
+def layer_table(model: dict[str, Any]) -> dict[str, Any]:
+    """Rows of the layer table, their parameter total and whether it equals Keras's count."""
+    rows = [{"name": l.get("name", ""), "class": l.get("class", ""),
+             "output_shape": format_shape(l.get("output_shape")), "params": int(l.get("params", 0))}
+            for l in model.get("layers", [])]
+    total = sum(r["params"] for r in rows)
+    expected = model.get("params")
+    return {"rows": rows, "total": total, "keras_params": expected,
+            "matches": expected is not None and int(expected) == total}
+
+
+def first_conv_example(layers: list[dict[str, Any]], input_shape: Any) -> dict[str, Any] | None:
+    """The notebook's worked example for the first convolution, derived from the layer table.
+
+    Filters come from the layer's output shape, input channels from the previous layer's output
+    (or the data's input shape); the kernel size from ``kernel_size`` when stored, else solved from
+    params = k*k*channels*filters + filters (square kernels, with bias). None if there is no
+    Conv2D layer or its numbers do not fit that formula.
+    """
+    channels = _last_dim(input_shape)
+    for layer in layers:
+        if layer.get("class") in ("Conv2D", "Convolution2D"):
+            filters = _last_dim(layer.get("output_shape"))
+            params = int(layer.get("params", 0))
+            if not filters or not channels:
+                return None
+            if layer.get("kernel_size"):
+                kh, kw = layer["kernel_size"]
+                bias = params - kh * kw * channels * filters
+            else:
+                weights = params - filters  # assume bias
+                area = weights / (channels * filters)
+                k = round(math.sqrt(area)) if area > 0 else 0
+                if k < 1 or k * k * channels * filters != weights:
+                    return None
+                kh = kw = k
+                bias = filters
+            weights = kh * kw * channels * filters
+            return {"layer": layer.get("name", ""), "kh": kh, "kw": kw, "channels": channels,
+                    "filters": filters, "weights": weights, "biases": bias,
+                    "params": weights + bias, "matches": weights + bias == params}
+        shape_c = _last_dim(layer.get("output_shape"))
+        if shape_c:
+            channels = shape_c
+    return None
+
+
+
+def headline(meta: dict[str, Any], metrics: dict[str, Any], artifacts_dir: Path) -> dict[str, Any]:
+    """Test accuracy and its change vs the champion before this run and vs the previous run."""
+    promo = meta.get("promotion") or {}
+    pipeline = meta.get("pipeline", "")
+    acc = float(metrics["test_accuracy"])
+    metric = promo.get("metric", "test_accuracy")
+
+    def other(run_key: str, value_key: str) -> dict[str, Any] | None:
+        run_id = promo.get(run_key)
+        if not run_id:
+            return None
+        value = runs.metric_of(runs.run_dir(artifacts_dir, pipeline, run_id), "test_accuracy")
+        if value is None and metric == "test_accuracy" and promo.get(value_key) is not None:
+            value = float(promo[value_key])
+        return {"run_id": run_id, "accuracy": value,
+                "delta_pp": None if value is None else (acc - value) * 100}
+
+    return {
+        "accuracy": acc,
+        "accuracy_repr": repr(acc),
+        "accuracy_pct": f"{acc * 100:.2f}%",
+        "loss": metrics.get("test_loss"),
+        "champion": other("champion_before", "champion_value"),
+        "previous": other("previous_run", "previous_value"),
+        "promoted": bool(promo.get("promoted")),
+        "reason": promo.get("reason", ""),
+        "metric": metric,
+        "metric_value": promo.get("value"),
+    }
+
+
+def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"class": r.get("class", ""), "precision": r.get("precision"), "recall": r.get("recall"),
+             "accuracy": r.get("accuracy"), "support": r.get("support")}
+            for r in metrics.get("per_class", [])]
+
+
+def pick_samples(y_true, y_pred, probs, n: int, k_mistakes: int, seed: int = 0):
+    """Indices of a seeded sample of the test split and of the k most confident mistakes."""
+    import numpy as np
+
+    total = len(y_true)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(total, size=min(n, total), replace=False)) if n else np.array([], int)
+    conf = probs[np.arange(total), y_pred]
+    wrong = np.flatnonzero(y_true != y_pred)
+    mistakes = wrong[np.argsort(-conf[wrong], kind="stable")[:k_mistakes]]
+    return sample.astype(int), mistakes.astype(int), conf
+
+
+def _yaml(obj: Any) -> str:
+    """The resolved config as YAML, in pipelines.yaml's order (name and description first)."""
+    import yaml
+
+    if isinstance(obj, dict):
+        obj = {**{k: obj[k] for k in CONFIG_ORDER if k in obj},
+               **{k: v for k, v in obj.items() if k not in CONFIG_ORDER}}
+    return yaml.safe_dump(to_jsonable(obj), sort_keys=False, default_flow_style=False,
+                          allow_unicode=True)
+
+
+
+
+def index_rows(artifacts_dir: str | Path, pipeline: str | None = None) -> list[dict[str, Any]]:
+    """One small dict per published run (for the index and comparisons), newest first."""
+    rows = []
+    for run in runs.published_runs(artifacts_dir, pipeline):
+        meta, metrics = run.metadata, run.metrics
+        training = meta.get("training") or {}
+        rows.append({
+            "dir": run.dir,
+            "pipeline": run.pipeline,
+            "run_id": run.run_id,
+            "created_at": meta.get("created_at", ""),
+            "model": (meta.get("model") or {}).get("name", ""),
+            "epochs": training.get("epochs"),
+            "seconds_per_epoch": training.get("seconds_per_epoch"),
+            "train_seconds": training.get("seconds"),
+            "test_accuracy": metrics.get("test_accuracy"),
+            "test_loss": metrics.get("test_loss"),
+            "champion": run.champion,
+            "has_report": (run.dir / runs.REPORT).is_file(),
+        })
+    return rows
+
+
+def _comparison(meta: dict[str, Any], history: list[dict[str, Any]], artifacts_dir: Path):
+    """The plot of this run's validation accuracy vs the champion before it and the previous runs
+    of its pipeline: (PNG data URI or None, champion shown or None, previous run ids shown)."""
+    pipeline, run_id = meta.get("pipeline", ""), meta.get("run_id", "")
+    champ_id = (meta.get("promotion") or {}).get("champion_before")
+    champ_hist = runs.read_history(runs.run_dir(artifacts_dir, pipeline, champ_id)) if champ_id else None
+    earlier = [r for r in index_rows(artifacts_dir, pipeline)
+               if (r["created_at"], r["run_id"]) < (meta.get("created_at", ""), run_id)
+               and r["run_id"] != champ_id][:COMPARED_RUNS]
+    prev = [(r["run_id"], h) for r in earlier if (h := runs.read_history(r["dir"]))]
+    png = None
+    if champ_hist or prev:
+        png = data_uri(plot_comparison((run_id, history), (champ_id, champ_hist) if champ_hist else None, prev))
+    return png, champ_id if champ_hist else None, [p[0] for p in prev]
+
+
+def _test_pictures(pred: dict[str, Any], images, cfg: ReportConfig, classes: list[str], data_path: Any):
+    """The seeded sample and the most confident mistakes as image grids, or the note saying why
+    there are none: (grid URI, mistakes URI, note)."""
+    y_true, y_pred, probs = pred["y_true"], pred["y_pred"], pred["probs"]
+    sample, mistakes, conf = pick_samples(y_true, y_pred, probs, cfg.sample_images, cfg.confident_mistakes)
+    if images is None:
+        return None, None, (f"The dataset cache {data_path} is not on this machine, so the "
+                            "test images cannot be shown.")
+    if len(images) != len(y_true):
+        return None, None, (f"The dataset cache holds {len(images)} test images but the run predicted "
+                            f"{len(y_true)}: it is not the data this run used, so no images are shown.")
+    grid = worst = None
+    if len(sample):
+        grid = data_uri(plot_image_grid(images[sample], y_true[sample], y_pred[sample], conf[sample], classes,
+                                        f"{len(sample)} random test images (seeded)"))
+    if len(mistakes):
+        worst = data_uri(plot_image_grid(images[mistakes], y_true[mistakes], y_pred[mistakes], conf[mistakes],
+                                         classes, f"The {len(mistakes)} most confident mistakes"))
+    return grid, worst, None
+
+
+def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: Path,
+                         images=None) -> dict[str, Any]:
+    """Everything the report template shows, pictures already PNG data URIs. Pure given inputs;
+    ``images`` is the test split (N,H,W,C) uint8 or None when the dataset cache is gone."""
+    meta, metrics, history = run["metadata"], run["metrics"], run["history"]["epochs"]
+    pred = run["predictions"]
+    pipeline, run_id = meta.get("pipeline", ""), meta.get("run_id", "")
+    classes = list(metrics.get("classes") or meta.get("dataset", {}).get("classes", []))
+    dataset = meta.get("dataset") or {}
+    model = meta.get("model") or {}
+    training = meta.get("training") or {}
+    comparison, compared_champion, compared_previous = _comparison(meta, history, artifacts_dir)
+    grid, worst, images_note = _test_pictures(pred, images, cfg, classes, dataset.get("path"))
+    shapes = dataset.get("shapes") or {}
+    counts = dataset.get("counts") or {}
+    seconds = [h.get("seconds") for h in history]
+    return {
+        "title": f"{pipeline} · {run_id}",
+        "pipeline": pipeline,
+        "run_id": run_id,
+        "created_at": meta.get("created_at", ""),
+        "config": meta.get("config") or {},
+        "head": headline(meta, metrics, artifacts_dir),
+        "wrong": int((pred["y_true"] != pred["y_pred"]).sum()),
+        "n_test": int(len(pred["y_true"])),
+        "history": history,
+        "history_png": data_uri(plot_history(history)),
+        "comparison_png": comparison,
+        "comparison_runs": {"champion": compared_champion, "previous": compared_previous},
+        "confusion_png": data_uri(plot_confusion(metrics.get("confusion_matrix", []), classes)),
+        "per_class": per_class_rows(metrics),
+        "grid_png": grid,
+        "mistakes_png": worst,
+        "images_note": images_note,
+        "layers": layer_table(model),
+        "model_name": model.get("name", ""),
+        "example": first_conv_example(model.get("layers", []), shapes.get("x_test", shapes.get("x_train"))),
+        "dataset": dataset,
+        "classes": classes,
+        "counts_rows": [{"class": c, "train": (counts.get("train") or {}).get(c),
+                         "test": (counts.get("test") or {}).get(c)} for c in classes],
+        "validation": meta.get("validation") or {},
+        "stages": dict(sorted((meta.get("stages") or {}).items(),
+                              key=lambda kv: STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else 99)),
+        "training": training,
+        "epoch_seconds_total": sum(s for s in seconds if s is not None),
+        "versions": meta.get("versions") or {},
+        "devices": meta.get("devices") or training.get("devices") or [],
+        "config_yaml": _yaml(meta.get("config") or {}),
+        "cache_keys": meta.get("cache_keys") or {},
+        "files": meta.get("files") or {},
+        "flow_run_id": meta.get("flow_run_id"),
+        "index_href": runs.index_href(),
+    }
+
+
+def build_index_context(artifacts_dir: str | Path) -> dict[str, Any]:
+    """Everything the index template shows: every run, each pipeline's latest run, and one
+    comparison plot per pair of pipelines."""
+    rows = index_rows(artifacts_dir)
+    for r in rows:
+        r["href"] = runs.report_href(r["pipeline"], r["run_id"])
+    latest: dict[str, dict[str, Any]] = {}
+    for r in rows:  # newest first: the first seen is each pipeline's latest run
+        if r["pipeline"] not in latest:
+            latest[r["pipeline"]] = {**r, "history": runs.read_history(r["dir"]) or []}
+    pipelines = sorted(latest)
+    pairs = []
+    for a, b in itertools.combinations(pipelines, 2):
+        ra, rb = latest[a], latest[b]
+        pairs.append({
+            "id": "cmp-" + re.sub(r"[^a-z0-9-]+", "-", f"{a}--vs--{b}".lower()) + "-"
+                  + stable_hash(a, b, length=6),
+            "a": ra, "b": rb,
+            "png": data_uri(plot_pair(ra, rb)),
+        })
+    return {
+        "rows": rows,
+        "pipelines": pipelines,
+        "latest": [latest[p] for p in pipelines],
+        "chart_png": data_uri(plot_index_accuracy(rows)) if rows else None,
+        "pairs": pairs,
+        "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }

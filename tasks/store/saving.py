@@ -1,0 +1,261 @@
+"""Saving a trained model as a run: evaluate it, write its folder under a dot-name, publish it by
+rename, update the registry, prune. Idempotent by content key: a rerun returns the run it saved.
+
+A run folder ``<artifacts_dir>/<pipeline>/runs/<run_id>/`` holds everything needed to trust,
+reload, serve and compare a trained model::
+
+    model.keras        the trained model (Keras 3 native), byte-identical to the train stage's
+    savedmodel/        model.export(): a TF SavedModel with a ``serve`` endpoint
+    history.json/.csv  every epoch's metrics and seconds
+    metrics.json       test loss/accuracy, per-class precision/recall/accuracy, confusion matrix
+    predictions.npz    y_true, y_pred, probs over the cached test split, in order
+    metadata.json      config, dataset, validation, cache keys, versions, devices, stage times,
+                       the model's layers, train.json, the promotion decision, every file's sha256
+
+It is written into a dot-prefixed temp folder beside the runs and renamed into place only when
+complete, so a crash never leaves a half-run that a listing could see. Per pipeline,
+registry.json names the champion (see ``tasks.store.promotion``); ``keep_last`` prunes old runs,
+never the champion.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.core import pixels, runs
+from tasks.core.datacache import cache_problems, load_dataset
+from tasks.core.errors import CifarError
+from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
+from tasks.core.hashing import code_fingerprint, hash_file, stable_hash
+from tasks.core.logs import get_logger
+from tasks.store import evaluation, promotion, run_folder
+from tasks.store.config import PromoteConfig
+from tasks.store.evaluation import evaluation_metrics, predict_probs
+from tasks.store.retention import clean_stale, prune_runs
+from tasks.store.run_folder import new_run_id, run_metadata, write_run_files
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the store stage hands on (to the report and the flow's summary)."""
+
+    pipeline: str
+    run_id: str
+    path: str  # the run folder
+    test_accuracy: float
+    promoted: bool
+    reason: str
+
+
+class ModelIntegrityError(CifarError):
+    """model.keras is not the file the train stage recorded: it is never loaded."""
+
+
+class StoreError(CifarError):
+    """The train stage's output folder is incomplete or unreadable."""
+
+
+def verify_model_file(model_path: str | os.PathLike, expected_sha256: str, recorded_in: str) -> None:
+    """Raise ModelIntegrityError unless the file's sha256 is the one recorded; call before loading."""
+    actual = hash_file(model_path).sha256
+    if actual != expected_sha256:
+        raise ModelIntegrityError(
+            f"{model_path}: sha256 {actual[:16]}... differs from {expected_sha256[:16]}... recorded in "
+            f"{recorded_in}; the model file was altered or truncated after training, so it was not loaded. "
+            "To resolve this: retrain it (`cifar run <pipeline> --force`) or restore the original file."
+        )
+
+
+def _read_train_outputs(trained) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    tdir = Path(trained.path)
+    for name in ("train.json", "history.json", "model.keras"):
+        if not (tdir / name).is_file():
+            raise StoreError(
+                f"{tdir / name} is missing: the train stage's folder is incomplete. "
+                "Rerun the pipeline (the train stage rebuilds it)."
+            )
+    try:
+        return tdir, read_json(tdir / "train.json"), read_json(tdir / "history.json")
+    except ValueError as exc:
+        raise StoreError(f"{tdir}: train.json or history.json is not valid JSON ({exc}); rerun the pipeline.") from exc
+
+
+def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
+    """The content key of a saved run: the trained model (key + file sha256), the evaluation data,
+    the pipeline and its promotion rule, and the code that decides the run folder's content
+    (evaluation, pixel scaling, the folder's files, promotion, this module, the run layout).
+    Never a path or a run id."""
+    train_file = Path(trained.path) / "train.json"
+    try:
+        train_json = read_json(train_file)
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"{train_file} cannot be read ({exc}): the train stage's folder is incomplete. "
+            "Rerun the pipeline (the train stage rebuilds it)."
+        ) from exc
+    return stable_hash(
+        "store",
+        trained.key,
+        train_json.get("model_sha256"),
+        dataset.content or dataset.fingerprint,
+        pipeline["name"],
+        pipeline.get("promote"),
+        code_fingerprint(evaluation, pixels, run_folder, promotion, sys.modules[__name__], runs),
+    )
+
+
+def _run_record(run_dir: Path, meta: dict[str, Any]) -> RunRecord:
+    promo = meta.get("promotion") or {}
+    return RunRecord(
+        pipeline=meta["pipeline"],
+        run_id=meta["run_id"],
+        path=str(run_dir),
+        test_accuracy=float(read_json(run_dir / runs.METRICS)["test_accuracy"]),
+        promoted=bool(promo.get("promoted")),
+        reason=str(promo.get("reason", "")),
+    )
+
+
+def existing_run(pipeline_dir: str | os.PathLike, key: str) -> Path | None:
+    """The published run saved under store key ``key``, if it is still complete and intact
+    (metadata.json names the key; model.keras has the sha256 it recorded)."""
+    try:
+        run_dir = runs.runs_dir(pipeline_dir) / read_json(runs.store_key_path(pipeline_dir, key))["run_id"]
+        meta = read_json(run_dir / runs.METADATA)
+    except (OSError, ValueError, KeyError):
+        return None
+    model = run_dir / "model.keras"
+    if (
+        (meta.get("cache_keys") or {}).get("store") == key
+        and model.is_file()
+        and (run_dir / runs.METRICS).is_file()
+        and hash_file(model).sha256 == (meta.get("files") or {}).get("model.keras")
+    ):
+        return run_dir
+    return None
+
+
+def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset):
+    """Copy the model into the run folder, verify the copy against train.json, only then load it,
+    and score it on the cached test split (memory-mapped), scaled as in training."""
+    import keras
+
+    shutil.copyfile(tdir / "model.keras", folder / "model.keras")
+    verify_model_file(folder / "model.keras", train_json.get("model_sha256", ""), str(tdir / "train.json"))
+    model = keras.models.load_model(folder / "model.keras", safe_mode=True, compile=False)
+    problems = cache_problems(dataset.path, verify_checksums=False)
+    if problems:
+        raise StoreError(f"the dataset cache {dataset.path} is incomplete: {'; '.join(problems)}. "
+                         "Rerun the pipeline (the download stage rebuilds it).")
+    data = load_dataset(dataset.path, mmap=True)
+    pre = train_json.get("preprocess") or {}
+    probs = predict_probs(model, data.x_test, pre.get("mean"), pre.get("std"))
+    y_true = np.asarray(data.y_test, dtype=np.int64)
+    metrics = evaluation_metrics(y_true, probs, list(data.classes))
+    return model, data, y_true, probs, metrics
+
+
+def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: float, cfg: PromoteConfig,
+             keep_last: int | None, started: float) -> tuple[dict[str, Any], Path, list[str]]:
+    """Decide the promotion, write metadata.json, rename the folder into place, update the
+    registry and the store-key mapping, prune: one critical section per pipeline.
+    Returns the decision, the published folder and the pruned run ids."""
+    run_id, key = meta["run_id"], meta["cache_keys"]["store"]
+    runs_folder = runs.runs_dir(pipeline_dir)
+    with file_lock(pipeline_dir / ".registry.lock", f"the registry of {meta['pipeline']}"):
+        registry = runs.read_registry(pipeline_dir)
+        champion = promotion.champion_for(pipeline_dir, registry.get("champion"), cfg)
+        previous = promotion.previous_run(pipeline_dir, cfg.metric)
+        decision = promotion.decide_promotion(value, champion, previous, cfg)
+        meta["promotion"] = decision
+        meta["stages"]["save"] = {"seconds": round(time.perf_counter() - started, 3), "cache_hit": False}
+        atomic_write_json(folder / runs.METADATA, meta)
+        fsync_tree(folder)  # every file on disk before the folder appears
+        final = runs_folder / run_id
+        os.rename(folder, final)
+        fsync_dir(runs_folder)
+        registry_file = runs.registry_path(pipeline_dir)
+        if decision["promoted"]:
+            registry["champion"] = {
+                "run_id": run_id,
+                "metric": cfg.metric,
+                "value": decision["value"],
+                "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "reason": decision["reason"],
+            }
+            atomic_write_json(registry_file, registry)
+        elif not registry_file.exists():
+            atomic_write_json(registry_file, registry)
+        atomic_write_json(runs.store_key_path(pipeline_dir, key), {"run_id": run_id})
+        champion_id = (registry.get("champion") or {}).get("run_id")
+        removed = prune_runs(pipeline_dir, keep_last, champion_id)
+        clean_stale(runs_folder)
+    return decision, final, removed
+
+
+def store_run(
+    pipeline: dict[str, Any],
+    dataset,
+    validation,
+    trained,
+    stages: dict[str, Any],
+    flow_run_id: str | None,
+    artifacts_dir: str | os.PathLike,
+) -> RunRecord:
+    """Evaluate the trained model, publish its run folder, update the registry, prune.
+
+    Idempotent: a run already saved for the same content key is returned as it is."""
+    started = time.perf_counter()
+    log = get_logger()
+    name = pipeline["name"]
+    promote = pipeline.get("promote") or {}
+    cfg = promote if isinstance(promote, PromoteConfig) else PromoteConfig(**promote)
+    pdir = runs.pipeline_dir(artifacts_dir, name)
+    runs_folder = runs.runs_dir(pdir)
+    runs_folder.mkdir(parents=True, exist_ok=True)
+    key = store_key(pipeline, dataset, trained)
+
+    with file_lock(runs.store_keys_dir(pdir) / f".{key}.lock", f"saving the model of {name}"):
+        found = existing_run(pdir, key)
+        if found is not None:
+            log.info("run %s already holds this model (store key %s): reusing it", found.name, key)
+            return _run_record(found, read_json(found / runs.METADATA))
+
+        tdir, train_json, history = _read_train_outputs(trained)
+        now = datetime.now(timezone.utc)
+        run_id = new_run_id(now)
+        tmp = runs_folder / f".tmp-{run_id}-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            model, data, y_true, probs, metrics = _evaluate(tmp, tdir, train_json, dataset)
+            log.info("%s: test accuracy %.4f, loss %.4f on %d images", name, metrics["test_accuracy"],
+                     metrics["test_loss"], len(y_true))
+            files = write_run_files(tmp, model, y_true, probs, metrics, history)
+            meta = run_metadata(
+                pipeline=pipeline, run_id=run_id, created=now, dataset=dataset, data=data,
+                validation=validation, flow_run_id=flow_run_id, train_json=train_json, stages=stages,
+                model=model, files=files,
+                cache_keys={"dataset": dataset.fingerprint, "validation": getattr(validation, "fingerprint", None),
+                            "train": trained.key, "store": key},
+            )
+            decision, final, removed = _publish(tmp, pdir, meta, metrics[cfg.metric], cfg,
+                                                pipeline.get("keep_last"), started)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    log.info("%s: run %s saved (%s); %s", name, run_id, final,
+             decision["reason"] if decision["promoted"] else f"not promoted: {decision['reason']}")
+    if removed:
+        log.info("%s: keep_last=%s pruned %d old run(s): %s", name, pipeline.get("keep_last"), len(removed),
+                 ", ".join(removed))
+    return _run_record(final, meta)

@@ -1,0 +1,121 @@
+"""Where and in which number format training runs: the "auto" settings resolved for this
+machine (GPU: mixed_float16 + XLA; CPU: float32), the ``tf.distribute`` strategy, this process's
+role in a multi-worker cluster, and the Keras precision policy for the length of a training.
+
+Multi-worker training (``strategy: multi_worker``): start the same flow on every machine with
+``TF_CONFIG`` set per process, e.g. ``{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+"task": {"type": "worker", "index": 0}}`` (index 0 is the chief, which alone writes the model);
+``data_dir`` must be a shared folder or the chief's. ``batch_size`` is the global batch.
+With a Prefect work pool, deploy the flow once per worker with its own TF_CONFIG in the job
+variables (``job_variables={"env": {"TF_CONFIG": ...}}``) and run them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.train.config import TrainingConfig, TrainingError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    strategy: str  # one_device | mirrored | multi_worker
+    precision: str  # float32 | mixed_float16 | mixed_bfloat16
+    xla: bool
+    gpus: int
+
+
+def resolve_runtime(cfg: TrainingConfig, gpus: int) -> Runtime:
+    """Turn the "auto" settings into concrete ones for a machine with ``gpus`` GPUs.
+
+    GPU: mixed_float16 + XLA; CPU: float32, no XLA (bf16 on CPU is opt-in). More than one GPU:
+    mirrored.
+    """
+    strategy = cfg.strategy
+    if strategy == "auto":
+        strategy = "mirrored" if gpus > 1 else "one_device"
+    precision = {"auto": "mixed_float16" if gpus else "float32", "off": "float32"}.get(
+        cfg.mixed_precision, cfg.mixed_precision)
+    xla = {"auto": gpus > 0, "on": True, "off": False}[cfg.xla]
+    return Runtime(strategy=strategy, precision=precision, xla=xla, gpus=gpus)
+
+
+def read_tf_config() -> dict[str, Any] | None:
+    """The ``TF_CONFIG`` environment variable, parsed (None when unset)."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise TrainingError(f"TF_CONFIG is not valid JSON ({exc}): {raw[:200]!r}") from exc
+
+
+def worker_role(strategy: str) -> tuple[bool, str]:
+    """(is_chief, label) of this process: always chief unless multi_worker says otherwise."""
+    if strategy != "multi_worker":
+        return True, "chief"
+    conf = read_tf_config()
+    if not conf or "cluster" not in conf or "task" not in conf:
+        raise TrainingError(
+            "training.strategy is multi_worker but TF_CONFIG is not set (or lacks cluster/task). "
+            'Set it per process, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", '
+            '"host2:12345"]}, "task": {"type": "worker", "index": 0}}\', or use strategy: auto.')
+    kind, index = conf["task"].get("type", "worker"), int(conf["task"].get("index", 0))
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in conf["cluster"])
+    return chief, f"{kind}-{index}"
+
+
+def make_strategy(runtime: Runtime):
+    """The ``tf.distribute`` strategy for ``runtime``. Call it before anything else touches
+    TensorFlow's devices: a multi-worker strategy must configure TF before it starts."""
+    import tensorflow as tf
+
+    if runtime.strategy == "multi_worker":
+
+        class MultiWorker(tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15's fit() under this strategy calls strategy.reduce on (x, y) tuples (the
+            # collective strategy reduces one value at a time) and on scalar metrics with
+            # axis=0 (invalid for a scalar). Reduce part by part; scalars across replicas only.
+            def reduce(self, reduce_op, value, axis):
+                parent = super()
+
+                def reduce_one(v):
+                    local = self.experimental_local_results(v)[0]
+                    scalar = getattr(local, "shape", None) is not None and local.shape.rank == 0
+                    return parent.reduce(reduce_op, v, None if scalar else axis)
+
+                return tf.nest.map_structure(reduce_one, value)
+
+        return MultiWorker()
+    if runtime.strategy == "mirrored":
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
+    # one_device: TensorFlow's default strategy (no distribution wrapper, no per-step overhead);
+    # it places the model on the first GPU when there is one.
+    return tf.distribute.get_strategy()
+
+
+def strategy_devices(strategy, runtime: Runtime) -> list[str]:
+    """The devices this process trains on."""
+    if runtime.strategy != "one_device":
+        return list(strategy.extended.worker_devices)
+    return ["/device:GPU:0" if runtime.gpus else "/device:CPU:0"]
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str) -> Iterator[None]:
+    """Keras's global dtype policy set to ``precision`` inside the block, restored after it."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

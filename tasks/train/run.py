@@ -1,0 +1,124 @@
+"""One training per cache key: the key, reuse of an intact model folder, the single-flight lock,
+resuming an interrupted training, and the chief's commit (the non-chief workers only take part).
+
+The key's code part covers what decides the model folder's content: the model builders, the
+input pipeline (with ``tasks.core.pixels``), the fit, the devices module (it picks the
+precision), the epoch records (history.json) and the commit (train.json). Log and error wording
+never counts (see ``tasks.core.hashing.code_fingerprint``); this module and the task's do not.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from tasks.core import pixels
+from tasks.core.datacache import DatasetRecord
+from tasks.core.files import file_lock
+from tasks.core.hashing import code_fingerprint, stable_hash, to_jsonable
+from tasks.core.logs import get_logger
+from tasks.train import devices, fit, inputs, model_folder, models, progress
+from tasks.train.config import TrainingConfig, TrainRecord
+from tasks.train.devices import make_strategy, precision_policy, resolve_runtime, strategy_devices, worker_role
+from tasks.train.fit import fit_model
+from tasks.train.inputs import PrepareSettings, preprocess_stats
+from tasks.train.model_folder import commit_model, lock_path, model_dir, trained_problems, work_dir
+from tasks.train.models import MODELS, build_model
+from tasks.train.progress import EpochTracker
+
+TRAINING_CODE = (models, inputs, fit, devices, progress, model_folder, pixels)
+
+
+def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
+              prepare: PrepareSettings) -> str:
+    """Content key: the data's content hash, model, full training config (seed included), the inputs'
+    preprocessing and the code that decides the trained model (``TRAINING_CODE``)."""
+    return stable_hash("train", dataset.content or dataset.fingerprint, model, cfg,
+                       {"standardize": prepare.standardize, **preprocess_stats(validation, prepare)},
+                       code_fingerprint(*TRAINING_CODE))
+
+
+def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
+                 prepare: PrepareSettings, data_dir, force: bool = False,
+                 extra_callbacks: tuple = ()) -> TrainRecord:
+    """Train ``model`` on the cached dataset unless an intact result for the same key exists.
+
+    Idempotent and single-flight: a verified ``<data_dir>/models/<key>/`` returns at once; else
+    the key's file lock is taken, the folder re-checked (a concurrent run may just have written
+    it), and training runs, resuming from ``<key>.work/backup`` if a killed run left one.
+    ``force`` retrains from scratch. ``extra_callbacks`` are appended to Keras's list.
+    """
+    key = train_key(dataset, validation, model, cfg, prepare)
+    out = model_dir(data_dir, key)
+    log = get_logger()
+    if model not in MODELS:
+        build_model(model, dataset.input_shape, dataset.num_classes)  # raises the readable error
+    if not force and not trained_problems(out):
+        log.info("model %s (%s) already trained: reusing %s", model, key, out)
+        return TrainRecord(key=key, path=str(out))
+    chief, role = worker_role(resolve_runtime(cfg, 0).strategy)
+    if not chief:  # multi-worker: the chief holds the lock and writes; others just take part
+        train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=False,
+                         role=role, extra_callbacks=extra_callbacks)
+        return TrainRecord(key=key, path=str(out))
+    with file_lock(lock_path(data_dir, key), what=f"training of {model} ({key})"):
+        if not force and not trained_problems(out):
+            log.info("model %s (%s) was trained by a concurrent run: reusing %s", model, key, out)
+            return TrainRecord(key=key, path=str(out))
+        if force:
+            shutil.rmtree(work_dir(data_dir, key), ignore_errors=True)
+        train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=True,
+                         role=role, extra_callbacks=extra_callbacks)
+    return TrainRecord(key=key, path=str(out))
+
+
+def train_and_commit(dataset: DatasetRecord, validation, model_name: str, cfg: TrainingConfig,
+                     prepare: PrepareSettings, data_dir, key: str, *, chief: bool, role: str,
+                     extra_callbacks: tuple) -> None:
+    """Fit with epoch backups in the work dir (resuming from one that is there); the chief then
+    commits the model folder, a non-chief worker drops its own backup."""
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    runtime = resolve_runtime(cfg, gpus)
+    strategy = make_strategy(runtime)  # first: multi-worker must configure TF before it starts
+
+    import keras
+
+    log = get_logger()
+    if runtime.precision == "mixed_float16" and not gpus:
+        log.warning("mixed_float16 on a CPU is slow; use mixed_bfloat16 or off there")
+    stats = preprocess_stats(validation, prepare)
+    work = work_dir(data_dir, key)
+    # Non-chief workers back up beside, not inside, the chief's work dir (which it deletes).
+    backup = work / "backup" if chief else work.with_name(f"{work.name}-{role}") / "backup"
+    tracker = EpochTracker(work / "history.json" if chief else None, cfg.epochs, key, persist=chief)
+    callbacks = [tracker.recorder,
+                 keras.callbacks.BackupAndRestore(backup_dir=str(backup), double_checkpoint=True),
+                 tracker.announcer, *extra_callbacks]
+    devices_used = strategy_devices(strategy, runtime)
+    log.info("training %s (%s): %d epochs, batch %d, %s on %s, %s, XLA %s", model_name, key,
+             cfg.epochs, cfg.batch_size, runtime.strategy, ", ".join(devices_used), runtime.precision,
+             "on" if runtime.xla else "off")
+    with precision_policy(runtime.precision):
+        model, wall = fit_model(model_name, dataset, cfg, stats, runtime, strategy, callbacks,
+                                verbose=1 if chief and sys.stdout.isatty() else 0)
+        if not chief:
+            shutil.rmtree(backup.parent, ignore_errors=True)
+            return
+        meta = commit_model(model_dir(data_dir, key), work, model, tracker.rows, {
+            "key": key,
+            "model": model_name,
+            "dataset_fingerprint": dataset.fingerprint,
+            "wall_seconds_this_run": round(wall, 3),
+            "devices": devices_used,
+            "replicas": strategy.num_replicas_in_sync,
+            "strategy": runtime.strategy,
+            "precision": runtime.precision,
+            "xla": runtime.xla,
+            "resumed_from_epoch": tracker.resumed_from,
+            "preprocess": stats,
+            "config": to_jsonable(cfg),
+        })
+    log.info("trained %s (%s): %d epochs in %.1f s -> %s", model_name, key, meta["epochs"],
+             meta["seconds"], model_dir(data_dir, key))
