@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.core import datacache
+from tasks.core import datacache, images
 from tasks.core.datacache import (
     DatasetRecord,
     cache_problems,
@@ -36,7 +36,7 @@ from tasks.download.progress import stage_log
 
 DECODERS = {"cifar10-binary": decode_binary, "cifar10-python": decode_python, "image-folder": decode_image_folder}
 # Part of every dataset's address: a change to how the arrays are decoded or cached rebuilds them.
-CODE_VERSION = code_fingerprint(formats, image_folder, sys.modules[__name__], datacache)
+CODE_VERSION = code_fingerprint(formats, image_folder, images, sys.modules[__name__], datacache)
 
 
 def decode_archive(path: str | os.PathLike, fmt: str, max_bytes: int, digest: list | None = None) -> Arrays:

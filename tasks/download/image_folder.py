@@ -7,13 +7,13 @@ channel unless some image is colour. Every error names the file or folder to fix
 
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from tasks.core.images import ImageDecodeError, decode_image
 from tasks.download.archive import iter_folder, iter_tar, iter_zip
 from tasks.download.errors import DatasetFormatError
 
@@ -79,18 +79,10 @@ def _files_by_class(path: Path, items: list[tuple[str, bytes]], dirs: set[str], 
 
 
 def _decode_image(name: str, data: bytes) -> np.ndarray:
-    """PNG or JPEG bytes -> (H, W) for grayscale, (H, W, 3) otherwise; errors name the file."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(io.BytesIO(data), formats=("JPEG", "PNG")) as im:
-            target = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-            if im.mode != target:
-                im = im.convert(target)
-            return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFormatError(f"{name}: corrupt or unreadable image ({exc}); only PNG and JPEG "
-                                 "are read. Replace or remove the file.") from exc
+        return decode_image(name, data)
+    except ImageDecodeError as exc:
+        raise DatasetFormatError(str(exc)) from exc
 
 
 def _decode_split(path: Path, files: dict[str, list[tuple[str, bytes]]], classes: tuple[str, ...],
