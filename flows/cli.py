@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -16,14 +17,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The embedded API's first start creates its SQLite database: slow on a busy 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from flows.config import (  # noqa: E402
-    DEFAULT_CONFIG,
-    Settings,
-    config_schema,
-    load_settings,
-    parse_set,
-)
-from tasks.core.errors import CifarError
+from typing import TYPE_CHECKING  # noqa: E402
+
+from flows.predict_cli import add_predict_parser, cmd_predict  # noqa: E402
+from tasks.core.errors import CifarError, ConfigError  # noqa: E402
+
+if TYPE_CHECKING:
+    from flows.config import Settings
+
+# flows.config imports every stage's config and with them Prefect (~2.5 s): it loads when a
+# command first needs it, so `cifar predict` (no Prefect at all) and --help start at once.
+DEFAULT_CONFIG = "pipelines.yaml"  # = flows.config.DEFAULT_CONFIG (tests/test_predict.py checks)
+
+
+def load_settings(*args, **kwargs) -> Settings:
+    from flows.config import load_settings as load
+
+    return load(*args, **kwargs)
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    from flows.config import parse_set as parse
+
+    return parse(items)
+
+
+def config_schema() -> dict[str, Any]:
+    from flows.config import config_schema as schema
+
+    return schema()
 
 
 def _common(cmd: argparse.ArgumentParser) -> None:
@@ -79,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("report", help="regenerate a run's report (and the index) without retraining")
     cmd.add_argument("run", help="a run folder, PIPELINE/RUN_ID, or a run id (searched under artifacts_dir)")
     _common(cmd)
+
+    add_predict_parser(sub, _common)
     return parser
 
 
@@ -113,8 +137,11 @@ def cmd_run(args) -> int:
     from prefect import tags
 
     from flows.cifar import cifar
+    from flows.embedded import embedded_api
 
-    with tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
+    # The embedded API is this command's child, gone with it even after a kill -9, and stopped
+    # before the last lines below (no Prefect line after the report's path).
+    with embedded_api(), tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
         summary = cifar(pipeline=args.pipeline, overrides=overrides, force=args.force,
                         config=str(settings.config_path))
     verdict = "promoted to champion" if summary["promoted"] else "not promoted"
@@ -128,8 +155,10 @@ def cmd_data(args) -> int:
     overrides = parse_set(args.overrides)
     settings = load_settings(args.config, overrides, args.pipeline)
     from flows.cifar import cifar_data
+    from flows.embedded import embedded_api
 
-    summary = cifar_data(pipeline=args.pipeline, overrides=overrides, config=str(settings.config_path))
+    with embedded_api():
+        summary = cifar_data(pipeline=args.pipeline, overrides=overrides, config=str(settings.config_path))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
@@ -164,18 +193,41 @@ def format_data_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _known_pipeline(settings: Settings, name: str) -> None:
+    """ConfigError (exit 2) unless ``name`` is a pipeline of the file or has runs on disk."""
+    from tasks.core import runs
+
+    on_disk = sorted(d.parent.name for d in settings.artifacts_dir.glob(f"*/{runs.RUNS}") if d.is_dir())
+    if name in settings.pipelines or (re.fullmatch(r"[\w-]+", name) and name in on_disk):
+        return
+    others = [n for n in on_disk if n not in settings.pipelines]
+    raise ConfigError([f"no pipeline named {name!r}; pipelines in this file: {', '.join(settings.pipelines)}"
+                       + (f"; with runs under {settings.artifacts_dir}: {', '.join(others)}" if others else "")],
+                      str(settings.config_path))
+
+
 def cmd_runs(args) -> int:
     settings = _settings(args)
-    from tasks.core.runs import list_runs
+    from tasks.core.runs import broken_champions, list_runs
     from tasks.store.table import format_runs_table
 
+    if args.pipeline is not None:
+        _known_pipeline(settings, args.pipeline)
     rows = list_runs(str(settings.artifacts_dir), args.pipeline)
+    broken = broken_champions(str(settings.artifacts_dir), args.pipeline)
+    for r in rows:
+        r["champion_problem"] = broken.get(r["path"])  # its model.keras is missing or altered
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     elif not rows:
         print(f"no runs yet under {settings.artifacts_dir}" + (f" for {args.pipeline}" if args.pipeline else ""))
     else:
         print(format_runs_table(rows))
+    for r in rows:
+        if r.get("champion_problem"):
+            print(f"warning: the champion of {r['pipeline']}, run {r['run_id']}, is broken: "
+                  f"{r['champion_problem']}. The next `cifar run {r['pipeline']}` is compared with the "
+                  "best intact run instead (or restore the file).", file=sys.stderr)
     return 0
 
 
@@ -209,7 +261,7 @@ def cmd_deploy(args) -> int:
 
 COMMANDS = {
     "run": cmd_run, "data": cmd_data, "check": cmd_check, "serve": cmd_serve,
-    "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report,
+    "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report, "predict": cmd_predict,
 }
 
 
@@ -238,6 +290,8 @@ def _quiet_expected_tracebacks() -> None:
 
 def _hint(exc: CifarError) -> str | None:
     """What to do next, for failures whose remedy is not the failing stage's business."""
+    if "tasks.download.errors" not in sys.modules:
+        return None  # no download ran in this process (and importing it would load Prefect)
     from tasks.download.errors import TransientDownloadError
 
     if isinstance(exc, TransientDownloadError):
@@ -251,9 +305,12 @@ def _hint(exc: CifarError) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import prefect  # noqa: F401  (configures Prefect's logging, which we then adjust)
+        if args.command != "predict":  # predict never loads Prefect (flows/predict_cli.py)
+            # Prefect's logging, which we then adjust, is set up by prefect.main (a bare
+            # `import prefect` is lazy and sets up nothing)
+            import prefect.main  # noqa: F401
 
-        _quiet_expected_tracebacks()
+            _quiet_expected_tracebacks()
         return COMMANDS[args.command](args)
     except CifarError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Deployments of flow ``cifar``: one per pipeline, served here or registered to a work pool."""
+"""Deployments of flows ``cifar`` (training) and ``cifar-predict`` (batch scoring with the
+pipeline's model): one of each per pipeline, served here or registered to a work pool."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tasks.core.errors import CifarError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ENTRYPOINT = "flows/cifar.py:cifar"
+PREDICT_ENTRYPOINT = "flows/predict.py:cifar_predict"
 
 
 class NeedsServer(CifarError):
@@ -67,18 +69,34 @@ def deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str, Any]:
     return kwargs
 
 
+def predict_deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str, Any]:
+    """The batch-scoring deployment of a pipeline: its model scores what ``input`` names (given
+    per run); no schedule, no concurrency limit (the scoring is cached and locked by content)."""
+    return {
+        "name": p.name,
+        "parameters": {"pipeline": p.name, "config": str(config_path)},
+        "description": f"Score images with the model of {p.name} (its champion unless `run` says otherwise)",
+        "tags": [f"pipeline:{p.name}", "predict"],
+    }
+
+
 def serve(settings: Settings, only: list[str] | None = None) -> None:
-    """Serve every pipeline as a deployment of flow ``cifar`` (blocks until interrupted)."""
+    """Serve every pipeline as a deployment of flow ``cifar`` and one of ``cifar-predict``
+    (blocks until interrupted)."""
     url = require_server("cifar serve")
     from prefect import serve as prefect_serve
 
     from flows.cifar import cifar
+    from flows.predict import cifar_predict
 
-    deployments = [cifar.to_deployment(**deployment_kwargs(p, settings.config_path))
-                   for p in selected(settings, only)]
+    chosen = selected(settings, only)
+    deployments = [cifar.to_deployment(**deployment_kwargs(p, settings.config_path)) for p in chosen]
+    deployments += [cifar_predict.to_deployment(**predict_deployment_kwargs(p, settings.config_path))
+                    for p in chosen]
     print(f"serving {len(deployments)} deployment(s) on {url}: "
-          + ", ".join(f"cifar/{d.name}" for d in deployments))
+          + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments))
     print("run one with:  prefect deployment run cifar/<pipeline> --watch")
+    print("score images:  prefect deployment run cifar-predict/<pipeline> --param input=FOLDER_OR_ARCHIVE --watch")
     prefect_serve(*deployments, print_starting_message=False)
 
 
@@ -87,20 +105,19 @@ def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
     """Register the same deployments to a work pool; its workers run them (scale-out)."""
     require_server("cifar deploy")
     from flows.cifar import cifar
+    from flows.predict import cifar_predict
 
     lines = []
-    if image:
-        source_flow = cifar
-    else:
+    for flow, entrypoint, kwargs_of in ((cifar, ENTRYPOINT, deployment_kwargs),
+                                        (cifar_predict, PREDICT_ENTRYPOINT, predict_deployment_kwargs)):
         # Workers on this machine (or a shared file system) run the flow from this checkout.
-        source_flow = cifar.from_source(source=str(PROJECT_DIR), entrypoint=ENTRYPOINT)
-    for p in selected(settings, only):
-        kwargs = deployment_kwargs(p, settings.config_path)
-        dep_id = source_flow.deploy(
-            work_pool_name=pool, work_queue_name=queue, image=image,
-            build=False, push=False, print_next_steps=False, **kwargs,
-        )
-        lines.append(f"registered cifar/{p.name} to work pool {pool!r} ({dep_id})")
+        source_flow = flow if image else flow.from_source(source=str(PROJECT_DIR), entrypoint=entrypoint)
+        for p in selected(settings, only):
+            dep_id = source_flow.deploy(
+                work_pool_name=pool, work_queue_name=queue, image=image,
+                build=False, push=False, print_next_steps=False, **kwargs_of(p, settings.config_path),
+            )
+            lines.append(f"registered {flow.name}/{p.name} to work pool {pool!r} ({dep_id})")
     lines.append(f"start a worker with:  prefect worker start --pool {pool}")
     lines.append("then run:             prefect deployment run cifar/<pipeline> --watch")
     return lines

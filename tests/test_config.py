@@ -88,7 +88,7 @@ def test_every_problem_is_reported_at_once_with_key_paths(tmp_path):
         "pipelines.a.training.batch_size: expected an integer, got 32.5",
         "pipelines.a.training.optimizer.name: 'adamw' is not valid; expected one of 'rmsprop', 'adam', 'sgd'",
         "pipelines.a.schedule.cron: Invalid cron string",
-        "pipelines.b.model: unknown model 'resnet9000'; known models: seed_cnn",
+        "pipelines.b.model: unknown model 'resnet9000'; known models: airbench, seed_cnn",
         "pipelines.b.dataset.format: 'tfrecords' is not valid",
         "pipelines.c.dataset.source: 'https://example.org/cifar.tgz' is downloaded over the network but the dataset has no sha256",
         "pipelines.c.schedule.timezone: Invalid timezone",

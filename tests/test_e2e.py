@@ -205,7 +205,7 @@ def test_served_deployment_runs_caches_and_is_scheduled(server, archive, project
 
     serve = procs.start("cifar-serve", [exe("cifar"), "serve", "--config", str(config),
                                         "--pipeline", "e2e"], env, cwd=project)
-    serve.wait_for_output("serving 1 deployment(s)", timeout=90)
+    serve.wait_for_output("serving 2 deployment(s)", timeout=90)  # cifar/e2e and cifar-predict/e2e
 
     # The deployment exists with its cron schedule and bound parameters.
     deadline = time.monotonic() + 60

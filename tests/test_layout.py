@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("download", "prepare", "train", "store", "report")
+STAGES = ("download", "prepare", "train", "store", "report", "predict")
 MAX_MODULE_LINES = 450
 
 

@@ -332,8 +332,8 @@ def test_index_lists_every_run_newest_first_with_champions_and_pairs(runs):
     # links are relative and resolve to the run folders; no network URLs
     for url in SRC_HREF.findall(html):
         assert not re.match(r"\s*(https?:)?//", url, re.I)
-    # one pair (notebook vs wide) with its plot; chart of accuracy over time
-    assert html.count('class="pair"') == 1 and len(_images(html)) == 2
+    # one pair (notebook vs wide) with its plot; charts of accuracy over dates and over training time
+    assert html.count('class="pair"') == 1 and len(_images(html)) == 3 and 'id="time"' in html
     wide = read_json(runs["wide"][0] / "metadata.json")["training"]["seconds_per_epoch"]
     assert f"{wide:.1f} s" in html  # time per epoch, from the run's training record
 

@@ -210,7 +210,8 @@ def test_run_folder_is_complete_and_self_describing(saved, dataset, models):
     rdir = Path(run.path)
     assert rdir == artifacts / "tiny" / "runs" / run.run_id
     assert sorted(p.name for p in rdir.iterdir()) == sorted(
-        ["model.keras", "savedmodel", "history.json", "history.csv", "metrics.json", "predictions.npz", "metadata.json"])
+        ["model.keras", "savedmodel", "model.tflite", "classes.json", "history.json", "history.csv", "metrics.json",
+         "predictions.npz", "metadata.json"])
     meta = json.loads((rdir / "metadata.json").read_text())
     train_json = json.loads(Path(models["fit"].path, "train.json").read_text())
     assert meta["training"] == train_json
@@ -300,7 +301,7 @@ def test_promotion_sequence_retention_and_listing(tmp_path, dataset, models):
 
 
 def test_a_crash_mid_save_leaves_no_run_and_no_registry_change(tmp_path, dataset, models, monkeypatch):
-    import keras
+    from tasks.store import export
 
     # what a save killed with -9 leaves behind: its temp folder, named after its (dead) pid
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -314,7 +315,7 @@ def test_a_crash_mid_save_leaves_no_run_and_no_registry_change(tmp_path, dataset
     def export_dies(self, *a, **k):
         raise OSError("disk full (simulated in the test)")
 
-    monkeypatch.setattr(keras.Model, "export", export_dies)
+    monkeypatch.setattr(export, "write_tflite", export_dies)
     with pytest.raises(OSError, match="disk full"):
         save(tmp_path, dataset, models["const0"])  # would have been promoted
     assert [p.name for p in (tmp_path / "tiny" / "runs").iterdir()] == [first.run_id]
@@ -358,7 +359,7 @@ x = scale_pixels(np.asarray(ds.x_test), pre["mean"], pre["std"])
 model = keras.models.load_model(f"{run}/model.keras", safe_mode=True)
 probs = model.predict(x, verbose=0)
 serving = tf.saved_model.load(f"{run}/savedmodel")  # keep a reference: it owns the variables
-served = serving.serve(tf.constant(x)).numpy()
+served = serving.serve(tf.constant(np.asarray(ds.x_test)))["probabilities"].numpy()  # raw uint8 in
 np.savez(sys.argv[3], probs=probs, served=served, y=np.asarray(ds.y_test))
 print(json.dumps({"accuracy": float((probs.argmax(axis=1) == ds.y_test).mean())}))
 """

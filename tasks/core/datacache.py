@@ -5,7 +5,9 @@ Layout of ``<data_dir>/datasets/<fingerprint>/``::
     x_train.npy (N,H,W,C) uint8   y_train.npy (N,) uint8
     x_test.npy  (M,H,W,C) uint8   y_test.npy  (M,) uint8
     manifest.json   written last: the commit point. It records the source, the archive
-                    checksum, classes, per-class counts, shapes and the sha256 of every array.
+                    checksum, classes, per-class counts, shapes and the sha256 of every array,
+                    and ``manifest_sha256``: the checksum of all its other fields, so an edit
+                    to the manifest itself (its classes, say) is caught like an edit to an array.
 
 Readers memory-map the arrays, so loading is near-instant and never copies the data.
 """
@@ -25,8 +27,9 @@ import numpy as np
 from tasks.core.files import atomic_write_json, read_json
 from tasks.core.hashing import hash_file, stable_hash
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest checksums itself
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+SELF_CHECKSUM = "manifest_sha256"
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ def write_dataset_cache(
             "counts": {"train": _counts(y_train, classes), "test": _counts(y_test, classes)},
             "files": files,
         }
+        manifest[SELF_CHECKSUM] = manifest_checksum(manifest)
         atomic_write_json(tmp / "manifest.json", manifest)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -148,20 +152,42 @@ def content_hash(manifest: dict[str, Any]) -> str:
     return stable_hash("dataset-content", manifest["files"], manifest["classes"])
 
 
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """The sha256 of every field of the manifest but the checksum itself."""
+    return stable_hash("dataset-manifest", {k: v for k, v in manifest.items() if k != SELF_CHECKSUM},
+                       length=64)
+
+
+def _manifest_problems(mf: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The manifest, or why it cannot be trusted: unreadable, not an object, an old format,
+    fields that no longer match its own checksum, or not naming exactly the four arrays."""
+    try:
+        manifest = read_json(mf)
+    except (OSError, ValueError) as exc:
+        return None, [f"{mf} is not valid JSON: {exc}"]
+    if not isinstance(manifest, dict):
+        return None, [f"{mf} is not a JSON object"]
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return None, [f"{mf}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}"]
+    if manifest.get(SELF_CHECKSUM) != manifest_checksum(manifest):
+        return None, [f"{mf} was altered: its fields no longer match its {SELF_CHECKSUM}"]
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != {f"{n}.npy" for n in ARRAYS}:
+        return None, [f"{mf}: 'files' does not list exactly {', '.join(f'{n}.npy' for n in ARRAYS)}"]
+    return manifest, []
+
+
 def cache_problems(path: str | os.PathLike, verify_checksums: bool = True) -> list[str]:
-    """Why the cache folder cannot be trusted (empty list: it can). Checks every file's sha256."""
+    """Why the cache folder cannot be trusted (empty list: it can). Checks the manifest against
+    its own checksum, then every array's sha256 (unless ``verify_checksums`` is false)."""
     path = Path(path)
     mf = path / "manifest.json"
     if not mf.is_file():
         return [f"{mf} is missing"]
-    try:
-        manifest = read_json(mf)
-    except ValueError as exc:
-        return [f"{mf} is not valid JSON: {exc}"]
-    if manifest.get("format_version") != FORMAT_VERSION:
-        return [f"{mf}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}"]
-    problems = []
-    for name, digest in manifest.get("files", {}).items():
+    manifest, problems = _manifest_problems(mf)
+    if manifest is None:
+        return problems
+    for name, digest in manifest["files"].items():
         p = path / name
         if not p.is_file():
             problems.append(f"{p} is missing")

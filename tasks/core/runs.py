@@ -9,7 +9,9 @@ and ``cifar runs`` read it::
                                                         history.json, predictions.npz, ...
 
 A run is *published* (complete) when its folder name has no leading dot (dot-folders are being
-written or deleted) and both its metadata.json and metrics.json are readable JSON objects.
+written or deleted) and both its metadata.json and metrics.json are readable and hold what a run
+writes (``tasks.core.run_files``). A damaged run, or a damaged registry.json, is skipped with a
+warning naming the file: it never breaks the listing of the other runs and pipelines.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.errors import CifarError
-from tasks.core.files import read_json
-from tasks.core.logs import get_logger
+from tasks.core.hashing import hash_file
+from tasks.core.run_files import read_run_file, warn_once
 
 RUNS = "runs"
 REGISTRY = "registry.json"
@@ -99,20 +101,31 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def read_registry(pipeline_folder: str | os.PathLike) -> dict[str, Any]:
-    """The pipeline's registry.json; ``{"champion": None}`` when there is none yet."""
+def load_registry(pipeline_folder: str | os.PathLike) -> tuple[dict[str, Any], str | None]:
+    """(registry, problem): the pipeline's registry.json, ``{"champion": None}`` when there is
+    none yet; when it is unreadable, ``{"champion": None}`` and why (the next save rebuilds it)."""
     path = registry_path(pipeline_folder)
-    if not path.is_file():
-        return {"champion": None}
-    try:
-        registry = read_json(path)
-    except ValueError as exc:
-        raise RunFolderError(
-            f"{path} is not valid JSON ({exc}). Fix or delete it (deleting makes the next run champion)."
-        ) from exc
-    if not isinstance(registry, dict):
-        raise RunFolderError(f"{path} holds no JSON object. Fix or delete it (deleting makes the next run champion).")
+    if not path.exists():
+        return {"champion": None}, None
+    registry, problem = read_run_file(path, "registry")
+    if problem:
+        return {"champion": None}, problem
+    return {**registry, "champion": registry.get("champion")}, None
+
+
+def read_registry(pipeline_folder: str | os.PathLike) -> dict[str, Any]:
+    """The pipeline's registry.json; ``{"champion": None}`` when there is none yet or it is
+    unreadable (then with a warning naming the file: readers carry on without a champion)."""
+    registry, problem = load_registry(pipeline_folder)
+    if problem:
+        _warn_registry(pipeline_folder, problem)
     return registry
+
+
+def _warn_registry(pipeline_folder: str | os.PathLike, problem: str) -> None:
+    warn_once(registry_path(pipeline_folder), f"{problem}. Until the next run of "
+              f"{Path(pipeline_folder).name} rebuilds it from the runs' metadata, no run is "
+              "shown as its champion (or fix the file, or delete it).")
 
 
 def champion_id(pipeline_folder: str | os.PathLike) -> str | None:
@@ -120,28 +133,61 @@ def champion_id(pipeline_folder: str | os.PathLike) -> str | None:
     return (read_registry(pipeline_folder).get("champion") or {}).get("run_id")
 
 
+def model_problem(run_folder: str | os.PathLike, metadata: dict[str, Any]) -> str | None:
+    """Why a run's model.keras cannot be used (missing, or not the file metadata.json recorded),
+    or None when it is intact. Hashes the file: call it for a champion, not for every run."""
+    model = Path(run_folder) / "model.keras"
+    if not model.is_file():
+        return f"{model} is missing"
+    recorded = (metadata.get("files") or {}).get("model.keras")
+    if recorded and hash_file(model).sha256 != recorded:
+        return f"{model} was altered (its sha256 differs from the one in metadata.json)"
+    return None
+
+
 def metric_of(run_folder: str | os.PathLike, metric: str) -> float | None:
     """A run's value of ``metric`` from its metrics.json; None when absent or unreadable."""
-    try:
-        metrics = read_json(Path(run_folder) / METRICS)
-    except (OSError, ValueError):
-        return None
-    return _number(metrics.get(metric)) if isinstance(metrics, dict) else None
+    metrics, _ = read_run_file(Path(run_folder) / METRICS, "metrics")
+    return _number(metrics.get(metric)) if metrics else None
 
 
 def read_history(run_folder: str | os.PathLike) -> list[dict[str, Any]] | None:
-    """A run's epochs from its history.json; None when absent or unreadable."""
+    """A run's epochs from its history.json; None when absent, or unreadable (with a warning)."""
+    path = Path(run_folder) / HISTORY
+    history, problem = read_run_file(path, "history")
+    if problem and path.exists():
+        warn_once(path, f"{problem}; its training history is left out of the plots")
+    return history["epochs"] if history else None
+
+
+def _predictions(path: Path, n_classes: int) -> dict[str, Any]:
+    """predictions.npz's arrays, checked against each other and the number of classes."""
+    import zipfile
+
+    import numpy as np
+
     try:
-        return read_json(Path(run_folder) / HISTORY)["epochs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        with np.load(path, allow_pickle=False) as arrays:
+            out = {k: arrays[k] for k in ("y_true", "y_pred", "probs")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise RunFolderError(f"{path} is not readable ({type(exc).__name__}: {exc}); "
+                             "run the pipeline again to rewrite the run") from None
+    y_true, y_pred, probs = out["y_true"], out["y_pred"], out["probs"]
+    n = len(y_true)
+    wrong = (y_true.ndim != 1 or y_pred.shape != y_true.shape or probs.shape != (n, n_classes)
+             or not (np.issubdtype(y_true.dtype, np.integer) and np.issubdtype(y_pred.dtype, np.integer))
+             or (n and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= n_classes)))
+    if wrong:
+        raise RunFolderError(f"{path} does not match the run: y_true {y_true.shape}, y_pred {y_pred.shape}, "
+                             f"probs {probs.shape} for {n_classes} classes (labels must be in "
+                             f"[0, {n_classes})); run the pipeline again to rewrite the run")
+    return out
 
 
 def load_run(run_folder: str | os.PathLike) -> dict[str, Any]:
     """Every file the report needs from one run: ``dir``, ``metadata``, ``metrics``,
-    ``history`` (the parsed JSON) and ``predictions`` (y_true, y_pred, probs arrays)."""
-    import numpy as np
-
+    ``history`` (the parsed JSON) and ``predictions`` (y_true, y_pred, probs arrays).
+    RunFolderError, naming the file and the key, for a missing or damaged one."""
     run_folder = Path(run_folder)
     if not run_folder.is_dir():
         raise RunFolderError(f"run folder {run_folder} does not exist; list runs with `cifar runs` "
@@ -152,13 +198,12 @@ def load_run(run_folder: str | os.PathLike) -> dict[str, Any]:
                              "It was not written by a finished `cifar run`; run the pipeline again.")
     out: dict[str, Any] = {"dir": run_folder}
     for name in (METADATA, METRICS, HISTORY):
-        try:
-            out[name.removesuffix(".json")] = read_json(run_folder / name)
-        except ValueError as exc:
-            raise RunFolderError(f"{run_folder / name} is not valid JSON ({exc}); "
-                                 "run the pipeline again to rewrite the run") from exc
-    with np.load(run_folder / PREDICTIONS, allow_pickle=False) as arrays:
-        out["predictions"] = {k: arrays[k] for k in ("y_true", "y_pred", "probs")}
+        obj, problem = read_run_file(run_folder / name, name.removesuffix(".json"))
+        if problem:
+            raise RunFolderError(f"{problem}. Restore the file, or run the pipeline again to write a new run.")
+        out[name.removesuffix(".json")] = obj
+    classes = out["metrics"].get("classes") or (out["metadata"].get("dataset") or {}).get("classes") or []
+    out["predictions"] = _predictions(run_folder / PREDICTIONS, len(classes))
     return out
 
 
@@ -186,39 +231,48 @@ class PublishedRun:
         return str(self.metadata.get("created_at") or ""), self.dir.name
 
 
-def _read_object(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = read_json(path)
-    except (OSError, ValueError) as exc:
-        get_logger().warning("skipping run %s: unreadable %s (%s)", path.parent, path.name, exc)
-        return None
-    if not isinstance(obj, dict):
-        get_logger().warning("skipping run %s: %s holds no JSON object", path.parent, path.name)
-        return None
-    return obj
-
-
-def pipeline_runs(pipeline_folder: str | os.PathLike) -> list[PublishedRun]:
-    """The published runs of one pipeline, oldest first, each marked champion or not.
-    Raises RunFolderError when the pipeline's registry.json is unreadable."""
+def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None = None) -> list[PublishedRun]:
+    """The published runs of one pipeline, oldest first, each marked champion or not. A run whose
+    metadata.json or metrics.json is unusable is left out with a warning naming the file (also
+    appended to ``skipped``); an unreadable registry.json (see ``read_registry``) leaves every run
+    unmarked."""
+    skipped = [] if skipped is None else skipped
     folder = runs_dir(pipeline_folder)
-    if not folder.is_dir():
+    try:
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError as exc:
+        skipped.append(f"cannot list {folder} ({exc})")
+        warn_once(folder, f"skipping the runs of {Path(pipeline_folder).name}: {skipped[-1]}")
         return []
-    champion = champion_id(pipeline_folder)
+    registry, problem = load_registry(pipeline_folder)
+    if problem:
+        skipped.append(f"{problem} (no run is shown as champion)")
+        _warn_registry(pipeline_folder, problem)
+    champion = (registry.get("champion") or {}).get("run_id")
     runs = []
-    for d in folder.iterdir():
+    for d in entries:
         if d.name.startswith(".") or not d.is_dir() or not (d / METADATA).is_file():
             continue
-        metadata = _read_object(d / METADATA)
-        metrics = _read_object(d / METRICS) if metadata is not None else None
-        if metrics is not None:
-            runs.append(PublishedRun(d, metadata, metrics, champion=d.name == champion))
+        metadata, problem = read_run_file(d / METADATA, "metadata")
+        metrics, problem = read_run_file(d / METRICS, "metrics") if metadata is not None else (None, problem)
+        if problem:
+            skipped.append(problem)
+            warn_once(d / METADATA, f"skipping run {d.name} of {Path(pipeline_folder).name}: {problem}. "
+                      "Restore the file or delete the run folder; the other runs are not affected.")
+            continue
+        runs.append(PublishedRun(d, metadata, metrics, champion=d.name == champion))
+    if champion and not any(run.champion for run in runs):
+        warn_once(registry_path(pipeline_folder), f"{registry_path(pipeline_folder)} names champion "
+                  f"{champion}, whose run folder is missing or unreadable; the next run of "
+                  f"{Path(pipeline_folder).name} is compared with the best intact run instead")
     runs.sort(key=lambda run: run.order)
     return runs
 
 
-def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> list[PublishedRun]:
-    """The published runs of every pipeline (or of one), newest first."""
+def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None,
+                   skipped: list[str] | None = None) -> list[PublishedRun]:
+    """The published runs of every pipeline (or of one), newest first; what was left out, and
+    why, is appended to ``skipped``."""
     root = Path(artifacts_dir)
     if pipeline is not None:
         folders = [pipeline_dir(root, pipeline)]
@@ -226,7 +280,7 @@ def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None
         folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     else:
         folders = []
-    runs = [run for folder in folders for run in pipeline_runs(folder)]
+    runs = [run for folder in folders for run in pipeline_runs(folder, skipped)]
     runs.sort(key=lambda run: run.order, reverse=True)
     return runs
 
@@ -253,3 +307,10 @@ def list_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> 
             "path": str(run.dir),
         })
     return rows
+
+
+def broken_champions(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> dict[str, str]:
+    """{run folder: why its model cannot be used} for each pipeline's champion whose model.keras
+    is missing or altered (what ``cifar runs`` warns about; the next save never compares with it)."""
+    return {str(run.dir): problem for run in published_runs(artifacts_dir, pipeline)
+            if run.champion and (problem := model_problem(run.dir, run.metadata))}

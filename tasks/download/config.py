@@ -59,6 +59,8 @@ class DatasetConfig:
             v = getattr(self, key)
             if v is not None and v < (0 if key == "retries" else 1):
                 out.append((key, f"must be positive, got {v}"))
+        if not 0 <= self.subset_seed < 2**32 - 1:  # NumPy's seed range (the test split takes seed + 1)
+            out.append(("subset_seed", f"must be within [0, {2**32 - 2}], got {self.subset_seed}"))
         for key in ("connect_timeout", "read_timeout"):
             if getattr(self, key) <= 0:
                 out.append((key, f"must be a positive number of seconds, got {getattr(self, key)}"))

@@ -39,13 +39,25 @@ DECODERS = {"cifar10-binary": decode_binary, "cifar10-python": decode_python, "i
 CODE_VERSION = code_fingerprint(formats, image_folder, images, sys.modules[__name__], datacache)
 
 
-def decode_archive(path: str | os.PathLike, fmt: str, max_bytes: int, digest: list | None = None) -> Arrays:
-    """(x_train, y_train, x_test, y_test, classes) from an archive (or image folder)."""
+def decode_archive(path: str | os.PathLike, fmt: str, max_bytes: int, digest: list | None = None,
+                   notes: dict | None = None) -> Arrays:
+    """(x_train, y_train, x_test, y_test, classes) from an archive (or image folder); ``notes``,
+    when a dict, gets what the image-folder decoder skipped."""
     try:
         decoder = DECODERS[fmt]
     except KeyError:
         raise DatasetFormatError(f"unknown dataset.format {fmt!r}; known: {', '.join(DECODERS)}") from None
+    if fmt == "image-folder" and notes is not None:
+        return decoder(path, max_bytes, digest=digest, notes=notes)
     return decoder(path, max_bytes, digest=digest)
+
+
+def skipped_text(notes: dict, shown: int = 8) -> str:
+    """'5 entries: __MACOSX/ (3, macOS metadata), train/cat/.DS_Store (1, hidden)' for the log."""
+    parts = [f"{s['entry']} ({s['count']}, {s['reason']})" for s in notes["skipped"][:shown]]
+    more = len(notes["skipped"]) - shown
+    return (f"{notes['skipped_entries']:,} entries: {', '.join(parts)}"
+            + (f" and {more} more (the manifest lists them)" if more > 0 else ""))
 
 
 def balanced_subset(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
@@ -77,12 +89,12 @@ def dataset_dir(archive: ArchiveRecord, cfg: DatasetConfig, data_dir: str | os.P
     return Path(data_dir) / "datasets" / dataset_fingerprint(archive, cfg)
 
 
-def _decode_verified(archive: ArchiveRecord, cfg: DatasetConfig) -> Arrays:
+def _decode_verified(archive: ArchiveRecord, cfg: DatasetConfig, notes: dict) -> Arrays:
     """The archive's arrays, refused when the file's bytes (hashed as they were read) are no
-    longer the ones fetched."""
+    longer the ones fetched; ``notes`` gets what the decoder skipped."""
     src = Path(archive.path)
     digest: list[str] = []
-    arrays = decode_archive(src, cfg.format, cfg.max_extract_mb * 2**20, digest=digest)
+    arrays = decode_archive(src, cfg.format, cfg.max_extract_mb * 2**20, digest=digest, notes=notes)
     if src.is_file():
         actual = digest[0] if digest else hash_file(src).sha256
         if actual != archive.sha256:
@@ -119,12 +131,15 @@ def decode_and_cache(archive: ArchiveRecord, cfg: DatasetConfig, data_dir: str |
         if out.exists():
             log.warning(f"rebuilding the dataset cache {out}: {'; '.join(problems)}")
         t0 = time.perf_counter()
-        arrays = _subset(_decode_verified(archive, cfg), cfg)
+        notes: dict = {}
+        arrays = _subset(_decode_verified(archive, cfg, notes), cfg)
         seconds = time.perf_counter() - t0
+        if notes.get("skipped_entries"):
+            log.info(f"skipped {skipped_text(notes)} in {archive.path}")
         meta = {"source": archive.source, "archive_sha256": archive.sha256, "archive_size": archive.size,
                 "format": cfg.format, "limit_train": cfg.limit_train, "limit_test": cfg.limit_test,
                 "subset_seed": cfg.subset_seed, "code_version": CODE_VERSION,
-                "decode_seconds": round(seconds, 3)}
+                "decode_seconds": round(seconds, 3), **notes}
         record = write_dataset_cache(out, *arrays, meta)
         log.info(f"decoded {record.train_size:,} train + {record.test_size:,} test images "
                  f"{record.input_shape} in {seconds:.1f} s -> {out}")

@@ -5,6 +5,7 @@ format)."""
 from __future__ import annotations
 
 from tasks.core.errors import CifarError
+from tasks.core.members import UnsafeArchiveError  # noqa: F401  (shared with predict: see core/members)
 
 
 class DownloadError(CifarError):
@@ -21,11 +22,6 @@ class SourceNotFoundError(DownloadError):
 
 class ChecksumError(DownloadError):
     """The bytes are not the archive the config names: not retried against that URL."""
-
-
-class UnsafeArchiveError(CifarError):
-    """An archive member that could escape or abuse the extraction (``..``, absolute, link,
-    device, oversized), or a pickle that asks for anything but plain data."""
 
 
 class DatasetFormatError(CifarError):

@@ -5,7 +5,11 @@ so rewording one changes no cache key."""
 # The dataset-level checks' hints.
 LENGTHS_OUT_OF_STEP = "the arrays are out of step: rebuild the dataset cache"
 SIZES_CHANGED = "the cache was altered after it was written: rebuild it"
-CLASS_MISSING = "a filtered or truncated dataset: check limit_train/limit_test and the source"
+CLASS_MISSING = ("a class with no images in a split cannot be learned or scored: add its images to "
+                 "that split (image-folder: <split>/<class>/), or check the source and "
+                 "limit_train/limit_test (a limit below the number of classes leaves some out)")
+TOO_FEW_CLASSES = ("one class makes every prediction right (a 100% test accuracy that means "
+                   "nothing): add class folders, or check that the source is the whole dataset")
 UNBALANCED = "an unbalanced subset: check the source, or raise prepare.balance_tolerance"
 TRAIN_TEST_DUPLICATES = "test accuracy is inflated by images the model trained on: deduplicate the source"
 CONSTANT_CHANNEL = "a constant channel cannot be standardised: a grey-scale or broken source"

@@ -20,9 +20,19 @@ from tasks.core.logs import get_logger
 from tasks.core.pixels import one_hot, scale_pixels
 from tasks.prepare import contracts, hints, summaries
 from tasks.prepare.config import PrepareConfig, ValidationRecord
-from tasks.prepare.contracts import image_schema, label_schema, passed_detail, schema_failures
+from tasks.prepare.contracts import (
+    image_schema,
+    label_schema,
+    passed_detail,
+    schema_failures,
+)
 from tasks.prepare.errors import DataValidationError
-from tasks.prepare.summaries import CHUNK, image_hashes, summarize_images, summarize_labels
+from tasks.prepare.summaries import (
+    CHUNK,
+    image_hashes,
+    summarize_images,
+    summarize_labels,
+)
 
 FIRST = 5  # how many failing row indices a detail shows
 
@@ -94,11 +104,17 @@ def class_counts(label_frames: dict[str, Any], classes: tuple[str, ...]) -> dict
 
 
 def presence_check(counts: dict[str, dict[str, int]], classes: tuple[str, ...]) -> CheckResult:
+    """At least two classes (one class is learned perfectly by a constant), and every class with
+    images in each split; the detail names the missing classes split by split."""
+    problems = []
+    if len(classes) < 2:
+        names = ", ".join(repr(c) for c in classes) or "none"
+        problems.append(f"{len(classes)} class(es) ({names}): a classifier needs at least two")
     absent = {s: [c for c in classes if counts[s][c] == 0] for s in counts}
-    detail = "; ".join(f"{s} has no {', '.join(repr(c) for c in names)}"
-                       for s, names in absent.items() if names)
-    return CheckResult("every class present in both splits", not any(absent.values()),
-                       detail or f"all {len(classes)} classes in train and test", hints.CLASS_MISSING)
+    problems += [f"{s} has no {', '.join(repr(c) for c in names)}" for s, names in absent.items() if names]
+    return CheckResult("at least two classes, every class present in both splits", not problems,
+                       "; ".join(problems) or f"all {len(classes)} classes in train and test",
+                       hints.TOO_FEW_CLASSES if len(classes) < 2 else hints.CLASS_MISSING)
 
 
 def balance_check(counts: dict[str, dict[str, int]], tolerance: float) -> CheckResult:

@@ -17,5 +17,6 @@ class ReportConfig:
     confident_mistakes: int = 12
 
     def problems(self) -> list[tuple[str, str]]:
-        return [(k, f"must be >= 0, got {getattr(self, k)}")
-                for k in ("sample_images", "confident_mistakes") if getattr(self, k) < 0]
+        # More than 256 images would not fit one picture (and would cost the report's memory).
+        return [(k, f"must be within [0, 256], got {getattr(self, k)}")
+                for k in ("sample_images", "confident_mistakes") if not 0 <= getattr(self, k) <= 256]

@@ -18,12 +18,15 @@ from tasks.core.hashing import stable_hash, to_jsonable
 from tasks.report.config import ReportConfig
 from tasks.report.plots import (
     data_uri,
+    missing_glyphs,
     plot_comparison,
     plot_confusion,
     plot_history,
     plot_image_grid,
     plot_index_accuracy,
     plot_pair,
+    plot_accuracy_vs_time,
+    plot_schedule,
 )
 
 STAGE_ORDER = ("download", "prepare", "train", "save", "report")
@@ -76,7 +79,7 @@ def first_conv_example(layers: list[dict[str, Any]], input_shape: Any) -> dict[s
             params = int(layer.get("params", 0))
             if not filters or not channels:
                 return None
-            if layer.get("kernel_size"):
+            if len(layer.get("kernel_size") or ()) == 2:
                 kh, kw = layer["kernel_size"]
                 bias = params - kh * kw * channels * filters
             else:
@@ -129,6 +132,48 @@ def headline(meta: dict[str, Any], metrics: dict[str, Any], artifacts_dir: Path)
     }
 
 
+def glyph_note(names) -> str | None:
+    """What to tell the reader when names drawn in the pictures (classes, pipelines) have
+    characters no installed font has (they show as empty boxes there), else None."""
+    missing = missing_glyphs(names)
+    if not missing:
+        return None
+    shown = " ".join(missing[:24]) + (" …" if len(missing) > 24 else "")
+    return (f"No font installed on the machine that drew the pictures has the characters {shown}, so "
+            "the pictures show them as empty boxes; the tables on this page show every name as "
+            "written. Install a font that has them (for Chinese, Japanese or Korean: Debian's "
+            "fonts-noto-cjk), then redraw the pictures with `cifar report PIPELINE/RUN_ID`.")
+
+
+TTA_NAMES = {"off": "plain (1 view)", "mirror": "image + mirror (2 views)",
+             "multi": "image + mirror, each also shifted 1 px two ways (6 views)"}
+
+
+def recipe_section(training: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The training recipe's extras (pipelines with ``training.recipe``): the learning-rate
+    schedule as a picture, and the test accuracy at each level of test-time augmentation with
+    the gain over plain prediction. None for a run trained without a recipe."""
+    recipe = training.get("recipe")
+    if not recipe:
+        return None
+    tta = metrics.get("tta") or {}
+    accuracy = tta.get("accuracy") or {}
+    order = [lv for lv in TTA_NAMES if lv in accuracy] + [lv for lv in accuracy if lv not in TTA_NAMES]
+    rows = [{"level": lv, "views": TTA_NAMES.get(lv, lv), "accuracy": accuracy[lv]} for lv in order]
+    schedule = recipe.get("schedule") or []
+    return {
+        "schedule_png": data_uri(plot_schedule(schedule, int(recipe.get("steps_per_epoch") or 1),
+                                               int(recipe.get("total_steps") or 1))) if schedule else None,
+        "peak_learning_rate": recipe.get("peak_learning_rate"),
+        "steps_per_epoch": recipe.get("steps_per_epoch"),
+        "total_steps": recipe.get("total_steps"),
+        "lookahead": recipe.get("lookahead"),
+        "tta_rows": rows,
+        "tta_gain_pp": tta.get("gain_pp"),
+        "tta_level": tta.get("level", recipe.get("tta")),
+    }
+
+
 def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"class": r.get("class", ""), "precision": r.get("precision"), "recall": r.get("recall"),
              "accuracy": r.get("accuracy"), "support": r.get("support")}
@@ -161,10 +206,12 @@ def _yaml(obj: Any) -> str:
 
 
 
-def index_rows(artifacts_dir: str | Path, pipeline: str | None = None) -> list[dict[str, Any]]:
-    """One small dict per published run (for the index and comparisons), newest first."""
+def index_rows(artifacts_dir: str | Path, pipeline: str | None = None,
+               skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """One small dict per published run (for the index and comparisons), newest first; runs
+    left out for a damaged file are named in ``skipped``."""
     rows = []
-    for run in runs.published_runs(artifacts_dir, pipeline):
+    for run in runs.published_runs(artifacts_dir, pipeline, skipped):
         meta, metrics = run.metadata, run.metrics
         training = meta.get("training") or {}
         rows.append({
@@ -239,6 +286,7 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
     seconds = [h.get("seconds") for h in history]
     return {
         "title": f"{pipeline} · {run_id}",
+        "glyph_note": glyph_note([*classes, pipeline]),
         "pipeline": pipeline,
         "run_id": run_id,
         "created_at": meta.get("created_at", ""),
@@ -248,6 +296,7 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
         "n_test": int(len(pred["y_true"])),
         "history": history,
         "history_png": data_uri(plot_history(history)),
+        "recipe": recipe_section(training, metrics),
         "comparison_png": comparison,
         "comparison_runs": {"champion": compared_champion, "previous": compared_previous},
         "confusion_png": data_uri(plot_confusion(metrics.get("confusion_matrix", []), classes)),
@@ -277,10 +326,25 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
     }
 
 
+def accuracy_time_series(latest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run (a row with its ``history``): validation accuracy after each epoch against the
+    cumulative epoch seconds, and its final test accuracy at the end of training."""
+    out = []
+    for r in latest:
+        t, points = 0.0, []
+        for h in r.get("history") or []:
+            t += float(h.get("seconds") or 0.0)
+            points.append((t, h.get("val_accuracy")))
+        final = (t, r["test_accuracy"]) if points and r.get("test_accuracy") is not None else None
+        out.append({"label": r["pipeline"], "points": points, "final": final})
+    return out
+
+
 def build_index_context(artifacts_dir: str | Path) -> dict[str, Any]:
     """Everything the index template shows: every run, each pipeline's latest run, and one
     comparison plot per pair of pipelines."""
-    rows = index_rows(artifacts_dir)
+    skipped: list[str] = []
+    rows = index_rows(artifacts_dir, skipped=skipped)
     for r in rows:
         r["href"] = runs.report_href(r["pipeline"], r["run_id"])
     latest: dict[str, dict[str, Any]] = {}
@@ -302,6 +366,11 @@ def build_index_context(artifacts_dir: str | Path) -> dict[str, Any]:
         "pipelines": pipelines,
         "latest": [latest[p] for p in pipelines],
         "chart_png": data_uri(plot_index_accuracy(rows)) if rows else None,
+        "time_png": data_uri(plot_accuracy_vs_time(accuracy_time_series([latest[p] for p in pipelines]),
+                                                   "Each pipeline's latest run: test accuracy against training time"))
+        if rows else None,
+        "glyph_note": glyph_note(pipelines),
+        "skipped": skipped,  # damaged files, each left out with what is wrong
         "pairs": pairs,
         "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }

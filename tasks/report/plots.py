@@ -6,10 +6,87 @@ bytes out; matplotlib is imported only when a plot is drawn.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import io
+import logging
 import math
+import warnings
 from datetime import datetime
 from typing import Any
+
+# Families tried, in order, for a character the first one lacks (matplotlib >= 3.6 falls back
+# glyph by glyph along ``font.family``): CJK and other scripts where such a font is installed.
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR",
+                  "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback",
+                  "AR PL UMing CN", "Noto Sans", "Noto Sans Arabic", "Noto Sans Hebrew",
+                  "Noto Sans Devanagari", "Noto Sans Thai", "FreeSans", "Unifont")
+
+
+@functools.cache
+def font_families() -> tuple[str, ...]:
+    """DejaVu Sans (matplotlib's own), then each installed fallback family."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return ("DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed))
+
+
+@functools.cache
+def _covered() -> frozenset[int]:
+    """Every code point some font of ``font_families()`` has a glyph for."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    points: set[int] = set()
+    with _quiet_fonts():
+        for family in font_families():
+            try:
+                path = font_manager.findfont(font_manager.FontProperties(family=family),
+                                             fallback_to_default=False)
+                points.update(FT2Font(path).get_charmap())
+            except (ValueError, OSError, RuntimeError):  # listed but unreadable: it covers nothing
+                continue
+    return frozenset(points)
+
+
+def missing_glyphs(texts) -> list[str]:
+    """The characters of ``texts`` (class or pipeline names) that no installed font can draw:
+    the pictures show them as empty boxes. Spaces and control characters are not counted."""
+    covered = _covered()
+    seen: dict[str, None] = {}
+    for text in texts:
+        for ch in str(text):
+            if ch.isprintable() and not ch.isspace() and ord(ch) not in covered:
+                seen[ch] = None
+    return list(seen)
+
+
+def _drawn(plot):
+    """Decorator for a plot function: its text is drawn as written (no mathtext, so a class named
+    ``$\\foo$`` or ``price $5`` prints as is; no LaTeX even if a matplotlibrc asks for it), with
+    the fallback fonts, and without matplotlib's missing-glyph warnings (the report says so)."""
+    @functools.wraps(plot)
+    def draw(*args, **kwargs):
+        import matplotlib
+
+        style = {"text.parse_math": False, "text.usetex": False, "font.family": list(font_families())}
+        with _quiet_fonts(), matplotlib.rc_context(style), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+            return plot(*args, **kwargs)
+    return draw
+
+
+@contextlib.contextmanager
+def _quiet_fonts():
+    """No "findfont: Failed to find font weight normal for ..." lines about a fallback font."""
+    fonts = logging.getLogger("matplotlib.font_manager")
+    level = fonts.level
+    fonts.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        fonts.setLevel(level)
 
 
 def _figure(w: float, h: float, **margins: float):
@@ -49,6 +126,7 @@ def _epoch_ticks(ax) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+@_drawn
 def plot_history(history: list[dict[str, Any]]) -> bytes:
     """Accuracy and loss per epoch, train vs validation: the notebook's plot done right."""
 
@@ -68,6 +146,7 @@ def plot_history(history: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+@_drawn
 def plot_comparison(this: tuple[str, list], champion: tuple[str, list] | None,
                     previous: list[tuple[str, list]]) -> bytes:
     """Validation accuracy per epoch: this run vs the champion (before it) and previous runs."""
@@ -91,23 +170,28 @@ def plot_comparison(this: tuple[str, list], champion: tuple[str, list] | None,
     return _png(fig)
 
 
+@_drawn
 def plot_confusion(cm: list[list[int]], classes: list[str]) -> bytes:
     """Heat map of the confusion matrix, counts written in every cell."""
     import numpy as np
 
     cm = np.asarray(cm, dtype=np.int64)
     n = len(classes)
-    size = max(3.0, 0.42 * n)  # the matrix itself, inches
+    # The matrix itself, inches: 0.42 a class up to 40 classes, then at most 17 (255 classes
+    # would otherwise make a 10,000-pixel square); counts in the cells only while they fit.
+    size = min(max(3.0, 0.42 * n), 17.0)
     fig = _figure(size + 2.6, size + 1.6, left=1.2, right=1.4, bottom=1.1, top=0.4)
     ax = fig.subplots()
     im = ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=classes)
+    step = math.ceil(n / 80) if n else 1  # every class named up to 80 classes, then every step-th
+    small = {"fontsize": max(4.0, min(10.0, 400 / max(n, 1)))}
+    ax.set_xticks(range(0, n, step), labels=classes[::step], rotation=45, ha="right", **small)
+    ax.set_yticks(range(0, n, step), labels=classes[::step], **small)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix (test split, counts)")
     threshold = cm.max() / 2 if cm.size else 0
-    for i in range(n):
+    for i in range(n if n <= 40 else 0):
         for j in range(n):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > threshold else "black")
@@ -117,6 +201,7 @@ def plot_confusion(cm: list[list[int]], classes: list[str]) -> bytes:
     return _png(fig)
 
 
+@_drawn
 def plot_image_grid(images, y_true, y_pred, conf, classes, title: str, cols: int = 8) -> bytes:
     """Test images with true label, predicted label and confidence; mistakes framed in red.
 
@@ -131,7 +216,13 @@ def plot_image_grid(images, y_true, y_pred, conf, classes, title: str, cols: int
         return _png(fig)
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    scale, pad, caption = 3, 4, 46  # pixels per image pixel, frame, caption height
+    # Each image drawn at most ~96 pixels wide: CIFAR's 32x32 at 3 pixels a pixel, large images of
+    # an image folder taken every step-th pixel (2,000-pixel photos must not make a 1 GB mosaic).
+    side = max(images.shape[1], images.shape[2])
+    step = max(1, math.ceil(side / 96))
+    images = images[:, ::step, ::step]
+    scale = min(3, max(1, 96 // max(images.shape[1], images.shape[2])))  # screen pixels an image pixel
+    pad, caption = 4, 46  # frame, caption height
     h, w = images.shape[1] * scale, images.shape[2] * scale
     cw, ch = w + 2 * pad + 24, h + 2 * pad + caption
     mosaic = np.full((rows * ch, cols * cw, 3), 255, dtype=np.uint8)
@@ -172,6 +263,7 @@ def parse_time(s: str):
         return None
 
 
+@_drawn
 def plot_index_accuracy(rows: list[dict[str, Any]]) -> bytes:
     """Test accuracy over time, one line per pipeline; champions ringed."""
     fig = _figure(10, 3.8, bottom=0.95)
@@ -198,6 +290,7 @@ def plot_index_accuracy(rows: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+@_drawn
 def plot_pair(a: dict[str, Any], b: dict[str, Any]) -> bytes:
     """Two pipelines' latest runs side by side: val accuracy, val loss, seconds per epoch."""
 
@@ -225,4 +318,52 @@ def plot_pair(a: dict[str, Any], b: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax_t.set_ylim(bottom=0)
+    return _png(fig)
+
+
+@_drawn
+def plot_schedule(points: list[list[float]], steps_per_epoch: int, total_steps: int) -> bytes:
+    """The recipe's learning rate per optimizer step (its schedule's corner points, joined by
+    straight lines), epoch boundaries marked."""
+    fig = _figure(10, 3.0)
+    ax = fig.subplots()
+    steps = [p[0] for p in points]
+    rates = [p[1] for p in points]
+    ax.plot(steps, rates, "-", color="#1f77b4", lw=2)
+    ax.plot(steps, rates, "o", color="#1f77b4", ms=4)
+    for e in range(1, max(total_steps // max(steps_per_epoch, 1), 0) + 1):
+        ax.axvline(e * steps_per_epoch, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlim(0, max(total_steps, 1))
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Learning rate per step ({steps_per_epoch} steps per epoch; grey lines: epoch ends)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+@_drawn
+def plot_accuracy_vs_time(series: list[dict[str, Any]], title: str = "Test accuracy against training time",
+                          xlabel: str = "seconds of training") -> bytes:
+    """Accuracy against wall seconds, one line per series: ``{"label", "points": [(seconds,
+    accuracy), ...] (validation accuracy after each epoch, cumulative seconds), "final": (seconds,
+    accuracy) or None}`` -- the final test accuracy (with test-time augmentation where the run
+    used it), drawn as a star and joined to the last point."""
+    fig = _figure(10, 4.0)
+    ax = fig.subplots()
+    for s in series:
+        pts = [p for p in s.get("points") or [] if p[1] is not None]
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1.4, label=s["label"])
+        final = s.get("final")
+        if final and final[1] is not None:
+            tail = pts[-1:] + [final]
+            ax.plot([p[0] for p in tail], [p[1] for p in tail], ":", color=line.get_color(), lw=1)
+            ax.plot([final[0]], [final[1]], "*", ms=12, color=line.get_color())
+    ax.set_title(title + " (stars: final test accuracy)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(loc="lower right", fontsize=8)
     return _png(fig)

@@ -16,6 +16,10 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-{2,}", "-", key) or "report"
 
 
+def _loss(value: Any) -> str:
+    return "— (not a finite number)" if value is None else f"{float(value):.4f}"
+
+
 def headline_markdown(meta: dict[str, Any], metrics: dict[str, Any], head: dict[str, Any],
                       report: Path) -> str:
     """The headline as a markdown table: accuracy, loss, the deltas, the promotion, the file."""
@@ -26,7 +30,7 @@ def headline_markdown(meta: dict[str, Any], metrics: dict[str, Any], head: dict[
     lines = [f"### {esc(meta.get('pipeline'))} · run {esc(meta.get('run_id'))}", "",
              "| | |", "|---|---|",
              f"| Test accuracy | **{head['accuracy_pct']}** |",
-             f"| Test loss | {metrics.get('test_loss', float('nan')):.4f} |"]
+             f"| Test loss | {_loss(metrics.get('test_loss'))} |"]
     for name in ("champion", "previous"):
         o = head[name]
         if o and o["delta_pp"] is not None:

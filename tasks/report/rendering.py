@@ -95,9 +95,10 @@ def render_report(run_dir: str | Path, cfg: ReportConfig | None = None,
     run_dir = Path(run_dir).resolve()
     run = runs.load_run(run_dir)
     meta = run["metadata"]
-    if cfg is None:
+    if cfg is None:  # the settings the run was made with; the defaults where they are out of range
         cfg = ReportConfig(**{k: v for k, v in ((meta.get("config") or {}).get("report") or {}).items()
                               if k in ReportConfig.__dataclass_fields__})
+        cfg = ReportConfig() if cfg.problems() else cfg
     artifacts_dir = Path(artifacts_dir) if artifacts_dir else runs.artifacts_dir_of(run_dir)
     ctx = build_report_context(run, cfg, artifacts_dir, _load_test_images(meta))
     html = _jinja_env().get_template("report.html.j2").render(**ctx)

@@ -1,5 +1,7 @@
 """The champion rule: whether a new run replaces the pipeline's champion, and the reason why,
-judged against the registry's champion (its value read again when the promotion metric changed)."""
+judged against the registry's champion (its value read again when the promotion metric changed),
+never against one whose model is gone (the best intact run stands in), and never for a run whose
+training diverged."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import runs
-from tasks.core.logs import get_logger
 from tasks.store.config import PromoteConfig
 
 _TOL = 1e-12  # float slack when comparing an improvement with min_delta
@@ -21,10 +22,13 @@ def _fmt(v: float) -> str:
 
 
 def decide_promotion(
-    candidate_value: float,
+    candidate_value: float | None,
     champion: dict[str, Any] | None,
     previous: dict[str, Any] | None,
     cfg: PromoteConfig,
+    *,
+    refused: str | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Whether a new run with ``candidate_value`` (of ``cfg.metric``) becomes the champion.
 
@@ -32,10 +36,13 @@ def decide_promotion(
     ``previous``: the pipeline's latest earlier run ``{"run_id", "value"}`` or None (recorded for
     the report only; the rule compares with the champion). The candidate must improve on the
     champion by at least ``min_delta`` in ``cfg.direction`` (a tie never replaces a champion, even
-    with min_delta 0); a NaN score is never promoted. Returns the metadata's ``promotion`` dict.
+    with min_delta 0); a NaN score is never promoted, nor a run ``refused`` names a reason for
+    (``training_problem``: its training diverged). ``note`` says why ``champion`` is not the
+    registry's own (see ``effective_champion``) and leads the reason. Returns the metadata's
+    ``promotion`` dict.
     """
     metric = cfg.metric
-    value = float(candidate_value)
+    value = float("nan") if candidate_value is None else float(candidate_value)
     out: dict[str, Any] = {
         "metric": metric,
         "direction": cfg.direction,
@@ -46,11 +53,15 @@ def decide_promotion(
         "previous_run": previous.get("run_id") if previous else None,
         "previous_value": previous.get("value") if previous else None,
     }
+    lead = f"{note}; " if note else ""
+    stays = f": champion stays {champion['run_id']}" if champion else ""
+    if refused:
+        return {**out, "promoted": False, "reason": f"{lead}{refused}: kept as a run, never promoted{stays}"}
     if math.isnan(value):
-        stays = f": champion stays {champion['run_id']}" if champion else ""
-        return {**out, "promoted": False, "reason": f"{metric} is NaN (training diverged?): kept as a run, not promoted{stays}"}
+        return {**out, "promoted": False, "reason": f"{lead}{metric} is NaN (training diverged?): kept as a run, not promoted{stays}"}
     if champion is None:
-        return {**out, "promoted": True, "reason": "first run of this pipeline"}
+        return {**out, "promoted": True,
+                "reason": f"{note}: this run takes over" if note else "first run of this pipeline"}
     if champion.get("metric", metric) != metric or champion.get("value") is None:
         return {
             **out,
@@ -76,24 +87,78 @@ def decide_promotion(
             f"{metric} {_fmt(value)} does not beat champion {_fmt(champ)} {need} "
             f"(improvement {_fmt(delta)}, {better} is better): kept as a run, champion stays {champion['run_id']}"
         )
-    return {**out, "promoted": bool(promoted), "reason": reason}
+    return {**out, "promoted": bool(promoted), "reason": lead + reason}
 
 
-def champion_for(pipeline_folder: Path, champion: dict[str, Any] | None, cfg: PromoteConfig) -> dict[str, Any] | None:
-    """The registry's champion as decide_promotion needs it: None when its folder is gone; its
-    value of ``cfg.metric`` read from its metrics.json when the promotion metric changed."""
-    if not champion:
-        return None
-    run_folder = runs.runs_dir(pipeline_folder) / str(champion.get("run_id"))
-    if not (run_folder / runs.METADATA).is_file():
-        get_logger().warning("champion %s named in registry.json has no run folder: treating the pipeline as "
-                             "having no champion", champion.get("run_id"))
-        return None
-    if champion.get("metric") != cfg.metric:
-        value = runs.metric_of(run_folder, cfg.metric)
-        if value is not None:
-            return {**champion, "metric": cfg.metric, "value": value}
-    return champion
+def training_problem(history: dict[str, Any]) -> str | None:
+    """Why a run is never promoted, whatever it scores: a loss that was not a finite number in
+    an epoch (history.json holds null there; TerminateOnNaN stopped the training). None if fine."""
+    for row in history.get("epochs") or []:
+        for key in ("loss", "val_loss"):
+            value = row.get(key, 0.0)
+            if value is None or not math.isfinite(float(value)):
+                return (f"training diverged: {key} was not a finite number in epoch {row.get('epoch')} "
+                        "(lower training.optimizer.learning_rate)")
+    return None
+
+
+def _value(run: runs.PublishedRun, cfg: PromoteConfig) -> float | None:
+    """The run's finite value of the promotion metric, or None."""
+    value = run.metrics.get(cfg.metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _sound(run: runs.PublishedRun) -> bool:
+    """A run whose test loss is a finite number: not one whose training diverged (its accuracy,
+    argmax of NaN probabilities, is only the first class's share), which may never stand in."""
+    loss = run.metrics.get("test_loss")
+    return isinstance(loss, (int, float)) and math.isfinite(loss)
+
+
+def _as_champion(run: runs.PublishedRun, cfg: PromoteConfig, reason: str) -> dict[str, Any]:
+    return {"run_id": run.run_id, "metric": cfg.metric, "value": _value(run, cfg),
+            "promoted_at": run.metadata.get("created_at"), "reason": reason}
+
+
+def effective_champion(pipeline_folder: Path, registry: dict[str, Any], registry_problem: str | None,
+                       cfg: PromoteConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """The champion a new run is judged against, and a note when that is not the registry's
+    own (the registry is then rewritten to name it).
+
+    The registry's champion, when it is a published run whose model.keras is intact (its value
+    of ``cfg.metric`` read again when the promotion metric changed). An unreadable registry.json
+    is rebuilt: its champion was the newest run whose metadata says it was promoted. A champion
+    whose run folder or model.keras is gone or altered is never compared with: the best intact
+    run by ``cfg.metric`` (never a diverged one) stands in, or none (the new run then takes
+    over, saying why).
+    """
+    published = runs.pipeline_runs(pipeline_folder)
+    if registry_problem:
+        promoted = [r for r in published if (r.metadata.get("promotion") or {}).get("promoted")]
+        champion = _as_champion(promoted[-1], cfg, "rebuilt from the runs' metadata") if promoted else None
+        note = "registry.json was unreadable and is rebuilt from the runs' metadata"
+        if champion is None:
+            return None, note + " (no run was ever promoted)"
+    else:
+        champion, note = registry.get("champion"), None
+        if not champion:
+            return None, None
+    by_id = {r.run_id: r for r in published}
+    run = by_id.get(str(champion.get("run_id")))
+    broken = "its run folder is gone or unreadable" if run is None else runs.model_problem(run.dir, run.metadata)
+    if broken is None:
+        if champion.get("metric") != cfg.metric and (value := _value(run, cfg)) is not None:
+            champion = {**champion, "metric": cfg.metric, "value": value}
+        return champion, note
+    note = f"{note + '; ' if note else ''}champion {champion.get('run_id')} is broken ({broken})"
+    sign = 1 if cfg.direction == "max" else -1
+    scored = sorted((r for r in published if r is not run and _value(r, cfg) is not None and _sound(r)),
+                    key=lambda r: sign * _value(r, cfg), reverse=True)
+    for other in scored:
+        if runs.model_problem(other.dir, other.metadata) is None:
+            note += f", so it is compared with the best intact run {other.run_id} instead"
+            return _as_champion(other, cfg, f"stands in for broken champion {champion.get('run_id')}"), note
+    return None, note + " and no intact run is left to compare with"
 
 
 def previous_run(pipeline_folder: Path, metric: str) -> dict[str, Any] | None:

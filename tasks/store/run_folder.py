@@ -19,9 +19,11 @@ import numpy as np
 from tasks.core import runs
 from tasks.core.files import atomic_write_json, atomic_write_text
 from tasks.core.hashing import hash_file, hash_tree, to_jsonable
+from tasks.store import export
 
 # The files whose sha256 metadata.json records (plus the SavedModel folder's tree hash).
-HASHED_FILES = ("model.keras", runs.METRICS, runs.PREDICTIONS, runs.HISTORY, "history.csv")
+HASHED_FILES = ("model.keras", export.TFLITE, export.CLASSES, runs.METRICS, runs.PREDICTIONS, runs.HISTORY,
+                "history.csv")
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -82,24 +84,27 @@ def _versions() -> dict[str, str]:
     }
 
 
-def write_run_files(folder: Path, model, y_true: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],
-                    history: dict[str, Any]) -> dict[str, str]:
-    """metrics.json, predictions.npz, history.json/.csv and the SavedModel beside model.keras
-    (already in ``folder``); returns the sha256 of each, as metadata.json's ``files``."""
+def write_run_files(folder: Path, model, data, y_true: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],
+                    history: dict[str, Any], preprocess: dict[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """metrics.json, predictions.npz, history.json/.csv and the serving export (uint8-in
+    SavedModel, model.tflite, classes.json: ``tasks.store.export``) beside model.keras (already
+    in ``folder``). ``data``: the opened cache (classes, test images); ``preprocess``: train.json's.
+    Returns the sha256 of each file, as metadata.json's ``files``, and its ``serving`` section."""
     atomic_write_json(folder / runs.METRICS, metrics)
     with open(folder / runs.PREDICTIONS, "wb") as f:
         np.savez(f, y_true=y_true, y_pred=probs.argmax(axis=1).astype(np.int64), probs=probs)
     atomic_write_json(folder / runs.HISTORY, history)
     atomic_write_text(folder / "history.csv", history_csv(history))
-    model.export(str(folder / "savedmodel"), format="tf_saved_model", verbose=False)
+    serving = export.export_serving(folder, model, list(data.classes), preprocess, data.x_test, probs)
     files = {name: hash_file(folder / name).sha256 for name in HASHED_FILES}
-    files["savedmodel"] = hash_tree(folder / "savedmodel").sha256
-    return files
+    files[export.SAVEDMODEL] = hash_tree(folder / export.SAVEDMODEL).sha256
+    return files, serving
 
 
 def run_metadata(*, pipeline: dict[str, Any], run_id: str, created: datetime, dataset, data, validation,
                  cache_keys: dict[str, Any], flow_run_id: str | None, train_json: dict[str, Any],
-                 stages: dict[str, Any], model, files: dict[str, str]) -> dict[str, Any]:
+                 stages: dict[str, Any], model, files: dict[str, str],
+                 serving: dict[str, Any] | None = None) -> dict[str, Any]:
     """metadata.json without its ``promotion`` (decided when the run is published).
 
     ``dataset``: the DatasetRecord; ``data``: the opened cache (manifest, classes)."""
@@ -128,5 +133,6 @@ def run_metadata(*, pipeline: dict[str, Any], run_id: str, created: datetime, da
         "model": {"name": train_json.get("model"), "params": int(model.count_params()),
                   "layers": model_layers(model)},
         "training": train_json,
+        "serving": serving,
         "files": files,
     }

@@ -5,7 +5,9 @@ A run folder ``<artifacts_dir>/<pipeline>/runs/<run_id>/`` holds everything need
 reload, serve and compare a trained model::
 
     model.keras        the trained model (Keras 3 native), byte-identical to the train stage's
-    savedmodel/        model.export(): a TF SavedModel with a ``serve`` endpoint
+    savedmodel/        for serving: raw uint8 images in, probabilities and class out, the
+                       preprocessing and class names inside (``tasks.store.export``)
+    model.tflite       the same signature for LiteRT (``cifar predict``); classes.json beside
     history.json/.csv  every epoch's metrics and seconds
     metrics.json       test loss/accuracy, per-class precision/recall/accuracy, confusion matrix
     predictions.npz    y_true, y_pred, probs over the cached test split, in order
@@ -37,9 +39,9 @@ from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
 from tasks.core.hashing import code_fingerprint, hash_file, stable_hash
 from tasks.core.logs import get_logger
-from tasks.store import evaluation, promotion, run_folder
+from tasks.store import evaluation, export, promotion, run_folder
 from tasks.store.config import PromoteConfig
-from tasks.store.evaluation import evaluation_metrics, predict_probs
+from tasks.store.evaluation import score_test_split, tta_of
 from tasks.store.retention import clean_stale, prune_runs
 from tasks.store.run_folder import new_run_id, run_metadata, write_run_files
 
@@ -109,8 +111,12 @@ def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
         dataset.content or dataset.fingerprint,
         pipeline["name"],
         pipeline.get("promote"),
-        code_fingerprint(evaluation, pixels, run_folder, promotion, sys.modules[__name__], runs),
+        code_fingerprint(evaluation, pixels, run_folder, export, promotion, sys.modules[__name__], runs),
     )
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)  # metrics.json holds null for NaN
 
 
 def _run_record(run_dir: Path, meta: dict[str, Any]) -> RunRecord:
@@ -119,7 +125,7 @@ def _run_record(run_dir: Path, meta: dict[str, Any]) -> RunRecord:
         pipeline=meta["pipeline"],
         run_id=meta["run_id"],
         path=str(run_dir),
-        test_accuracy=float(read_json(run_dir / runs.METRICS)["test_accuracy"]),
+        test_accuracy=_float(read_json(run_dir / runs.METRICS)["test_accuracy"]),
         promoted=bool(promo.get("promoted")),
         reason=str(promo.get("reason", "")),
     )
@@ -158,24 +164,34 @@ def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset):
                          "Rerun the pipeline (the download stage rebuilds it).")
     data = load_dataset(dataset.path, mmap=True)
     pre = train_json.get("preprocess") or {}
-    probs = predict_probs(model, data.x_test, pre.get("mean"), pre.get("std"))
     y_true = np.asarray(data.y_test, dtype=np.int64)
-    metrics = evaluation_metrics(y_true, probs, list(data.classes))
+    probs, metrics = score_test_split(model, data.x_test, y_true, list(data.classes), pre, tta_of(train_json))
     return model, data, y_true, probs, metrics
 
 
 def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: float, cfg: PromoteConfig,
-             keep_last: int | None, started: float) -> tuple[dict[str, Any], Path, list[str]]:
+             keep_last: int | None, started: float,
+             refused: str | None = None) -> tuple[dict[str, Any], Path, list[str]]:
     """Decide the promotion, write metadata.json, rename the folder into place, update the
     registry and the store-key mapping, prune: one critical section per pipeline.
+    An unreadable registry.json is rebuilt, and a broken champion replaced by the run that stands
+    in for it (see ``promotion.effective_champion``); ``refused``: never promote (diverged).
     Returns the decision, the published folder and the pruned run ids."""
     run_id, key = meta["run_id"], meta["cache_keys"]["store"]
     runs_folder = runs.runs_dir(pipeline_dir)
     with file_lock(pipeline_dir / ".registry.lock", f"the registry of {meta['pipeline']}"):
-        registry = runs.read_registry(pipeline_dir)
-        champion = promotion.champion_for(pipeline_dir, registry.get("champion"), cfg)
+        registry, problem = runs.load_registry(pipeline_dir)
+        if problem and runs.registry_path(pipeline_dir).is_dir():
+            raise StoreError(f"{runs.registry_path(pipeline_dir)} is a folder, not the pipeline's registry "
+                             "file; move it away and run again (the registry is rebuilt from the runs)")
+        if problem:
+            get_logger().warning("%s; rebuilding it from the runs' metadata", problem)
+        champion, note = promotion.effective_champion(pipeline_dir, registry, problem, cfg)
+        if note:
+            get_logger().warning("%s: %s", meta["pipeline"], note)
+            registry["champion"] = champion  # the registry names the champion actually judged against
         previous = promotion.previous_run(pipeline_dir, cfg.metric)
-        decision = promotion.decide_promotion(value, champion, previous, cfg)
+        decision = promotion.decide_promotion(value, champion, previous, cfg, refused=refused, note=note)
         meta["promotion"] = decision
         meta["stages"]["save"] = {"seconds": round(time.perf_counter() - started, 3), "cache_hit": False}
         atomic_write_json(folder / runs.METADATA, meta)
@@ -193,7 +209,7 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
                 "reason": decision["reason"],
             }
             atomic_write_json(registry_file, registry)
-        elif not registry_file.exists():
+        elif note or not registry_file.exists():
             atomic_write_json(registry_file, registry)
         atomic_write_json(runs.store_key_path(pipeline_dir, key), {"run_id": run_id})
         champion_id = (registry.get("champion") or {}).get("run_id")
@@ -239,16 +255,18 @@ def store_run(
             model, data, y_true, probs, metrics = _evaluate(tmp, tdir, train_json, dataset)
             log.info("%s: test accuracy %.4f, loss %.4f on %d images", name, metrics["test_accuracy"],
                      metrics["test_loss"], len(y_true))
-            files = write_run_files(tmp, model, y_true, probs, metrics, history)
+            files, serving = write_run_files(tmp, model, data, y_true, probs, metrics, history,
+                                             train_json.get("preprocess"))
             meta = run_metadata(
                 pipeline=pipeline, run_id=run_id, created=now, dataset=dataset, data=data,
                 validation=validation, flow_run_id=flow_run_id, train_json=train_json, stages=stages,
-                model=model, files=files,
+                model=model, files=files, serving=serving,
                 cache_keys={"dataset": dataset.fingerprint, "validation": getattr(validation, "fingerprint", None),
                             "train": trained.key, "store": key},
             )
             decision, final, removed = _publish(tmp, pdir, meta, metrics[cfg.metric], cfg,
-                                                pipeline.get("keep_last"), started)
+                                                pipeline.get("keep_last"), started,
+                                                refused=promotion.training_problem(history))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -17,7 +17,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def format_runs_table(rows: list[dict[str, Any]]) -> str:
-    """The rows of list_runs as aligned text (``cifar runs``); ``*`` marks each champion."""
+    """The rows of list_runs as aligned text (``cifar runs``); ``*`` marks each champion,
+    ``* BROKEN`` one whose model.keras is missing or altered."""
     if not rows:
         return "no runs yet"
     head = ["PIPELINE", "RUN ID", "CREATED (UTC)", "MODEL", "EPOCHS", "TEST ACC", "TRAIN TIME", "CHAMPION", "REPORT"]
@@ -34,7 +35,7 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
                 "-" if r.get("epochs") is None else str(r["epochs"]),
                 "-" if acc is None else f"{acc:.4f}",
                 _duration(r.get("train_seconds")),
-                "*" if r.get("champion") else "",
+                ("* BROKEN" if r.get("champion_problem") else "*") if r.get("champion") else "",
                 r.get("report") or "-",
             ]
         )

@@ -1,5 +1,6 @@
 """How a model is trained: the optimizer, the compile settings, and one seeded ``model.fit``
-over the cached dataset's input pipeline."""
+over the cached dataset's input pipeline -- the notebook's recipe, or the airbench recipe of
+``training.recipe`` (``tasks.train.recipe``: its optimizer, loss, lookahead and input stream)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import time
 from typing import Any
 
 from tasks.core.datacache import DatasetRecord, load_dataset
-from tasks.train.config import OptimizerConfig, TrainingConfig, TrainingError
+from tasks.core.pixels import scale_pixels
+from tasks.train import recipe as recipes
+from tasks.train.config import OptimizerConfig, RecipeConfig, TrainingConfig, TrainingError
 from tasks.train.devices import Runtime
-from tasks.train.inputs import make_dataset
-from tasks.train.models import build_model
+from tasks.train.inputs import make_dataset, recipe_dataset
+from tasks.train.models import as_probabilities, build_model, model_options, outputs_logits
 
 
 def make_optimizer(cfg: OptimizerConfig):
@@ -30,26 +33,72 @@ def make_optimizer(cfg: OptimizerConfig):
     raise TrainingError(f"training.optimizer.name: unknown optimizer {cfg.name!r}; use rmsprop, adam or sgd")
 
 
-def make_inputs(dataset: DatasetRecord, cfg: TrainingConfig, stats: dict[str, Any]):
+def make_inputs(dataset: DatasetRecord, cfg: TrainingConfig, stats: dict[str, Any], start_epoch: int = 0):
     """(train, validation) ``tf.data`` pipelines over the memory-mapped cache; the train split is
-    shuffled (seeded) and augmented when the settings say so, the test split is neither."""
+    shuffled (seeded) and augmented when the settings say so, the test split is neither. With a
+    recipe the train stream holds every epoch from ``start_epoch`` on (``recipe_dataset``)."""
     data = load_dataset(dataset.path)
     common = dict(num_classes=dataset.num_classes, batch_size=cfg.batch_size,
                   mean=stats["mean"], std=stats["std"])
-    train = make_dataset(data.x_train, data.y_train, shuffle=cfg.shuffle, seed=cfg.seed,
-                         augment=cfg.augment, **common)
+    if cfg.recipe is not None:
+        train = recipe_dataset(data.x_train, data.y_train, seed=cfg.seed, epochs=cfg.epochs,
+                               start_epoch=start_epoch, flip=cfg.recipe.flip, translate=cfg.recipe.translate,
+                               **common)
+    else:
+        train = make_dataset(data.x_train, data.y_train, shuffle=cfg.shuffle, seed=cfg.seed,
+                             augment=cfg.augment, **common)
     validation = make_dataset(data.x_test, data.y_test, **common)
     return train, validation
 
 
+def whiten_sample(dataset: DatasetRecord, cfg: TrainingConfig, stats: dict[str, Any]):
+    """``recipe.whiten_images`` training images (a seeded sample, in cache order), scaled as the
+    model sees them: the patches that whiten airbench's stem."""
+    import numpy as np
+
+    data = load_dataset(dataset.path)
+    n = len(data.y_train)
+    k = min((cfg.recipe or RecipeConfig()).whiten_images, n)
+    rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=k, replace=False))
+    return scale_pixels(data.x_train[rows], stats["mean"], stats["std"])
+
+
 def compiled_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, runtime: Runtime,
-                   strategy):
-    """The registered model, built and compiled under ``strategy`` (in the current dtype policy)."""
+                   strategy, stats: dict[str, Any] | None = None):
+    """The registered model, built and compiled under ``strategy`` (in the current dtype policy).
+
+    A builder that takes ``whiten_images`` gets them from the training split (``stats`` scale
+    them); with a recipe the optimizer and loss are the recipe's."""
+    options: dict[str, Any] = {"recipe": cfg.recipe}
+    if "whiten_images" in model_options(model_name) and (cfg.recipe or RecipeConfig()).whiten:
+        options["whiten_images"] = whiten_sample(dataset, cfg, stats or {"mean": None, "std": None})
     with strategy.scope():
-        model = build_model(model_name, dataset.input_shape, dataset.num_classes)
-        model.compile(optimizer=make_optimizer(cfg.optimizer), loss="categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=runtime.xla)
+        model = build_model(model_name, dataset.input_shape, dataset.num_classes, **options)
+        logits = outputs_logits(model)
+        if cfg.recipe is None:
+            optimizer = make_optimizer(cfg.optimizer)
+            loss = recipes.make_loss(None, True) if logits else "categorical_crossentropy"
+        else:
+            total = recipes.steps_per_epoch(dataset.train_size, cfg.batch_size) * cfg.epochs
+            optimizer = recipes.make_optimizer(model, cfg.recipe, cfg.batch_size, total)
+            loss = recipes.make_loss(cfg.recipe, logits)
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=runtime.xla)
     return model
+
+
+def recipe_callbacks(cfg: TrainingConfig, dataset: DatasetRecord, callbacks: list, start_epoch: int) -> list:
+    """``callbacks`` with the recipe's own before BackupAndRestore: the resume check, the
+    lookahead (its state saved in the backup folder before the weights are) and the stem bias's
+    freeze."""
+    backup = recipes.backup_of(callbacks)
+    ours = [recipes.resume_guard(start_epoch)]
+    if cfg.recipe.lookahead:
+        total = recipes.steps_per_epoch(dataset.train_size, cfg.batch_size) * cfg.epochs
+        ours.append(recipes.lookahead_callback(cfg.recipe, total, backup.backup_dir if backup else None))
+    if cfg.recipe.whiten and cfg.recipe.whiten_bias_epochs is not None:
+        ours.append(recipes.freeze_stem_bias(cfg.recipe.whiten_bias_epochs))
+    at = callbacks.index(backup) if backup is not None else 0
+    return [*callbacks[:at], *ours, *callbacks[at:]]
 
 
 def fit_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stats: dict[str, Any],
@@ -62,10 +111,20 @@ def fit_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stat
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
-    train, validation = make_inputs(dataset, cfg, stats)
-    model = compiled_model(model_name, dataset, cfg, runtime, strategy)
+    fit_args: dict[str, Any] = {}
+    start = 0
+    if cfg.recipe is not None:
+        start = recipes.resume_epoch(recipes.backup_of(callbacks))
+        callbacks = recipe_callbacks(cfg, dataset, callbacks, start)
+        fit_args = {"steps_per_epoch": recipes.steps_per_epoch(dataset.train_size, cfg.batch_size),
+                    "validation_freq": 1 if cfg.recipe.validate == "every" else cfg.epochs}
+    train, validation = make_inputs(dataset, cfg, stats, start)
+    model = compiled_model(model_name, dataset, cfg, runtime, strategy, stats)
     started = time.perf_counter()
-    model.fit(train, validation_data=validation, epochs=cfg.epochs, callbacks=callbacks,
+    # TerminateOnNaN: a loss that turned NaN/inf stops the fit at that batch (the epoch's row
+    # records it as null, and the store never promotes such a run) instead of training on.
+    model.fit(train, validation_data=validation, epochs=cfg.epochs,
+              callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
               shuffle=False,  # tf.data shuffles (seeded, every epoch)
-              verbose=verbose)
-    return model, time.perf_counter() - started
+              verbose=verbose, **fit_args)
+    return as_probabilities(model), time.perf_counter() - started

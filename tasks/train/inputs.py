@@ -42,14 +42,50 @@ def augment_batch(images, seed):
     h, w = images.shape[1], images.shape[2]
     flip = tf.random.stateless_uniform([n], seed=flip_seed) < 0.5
     images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    pad = min(4, h - 1, w - 1)
+    return translate_batch(images, crop_seed, min(4, h - 1, w - 1))
+
+
+def translate_batch(images, seed, pad: int):
+    """Each image shifted by a random whole number of pixels in [-pad, pad] on both axes: padded by
+    ``pad`` with reflection, then cropped back at a per-image integer offset (never interpolated).
+    ``seed`` is a shape-[2] int tensor (stateless)."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-    offsets = tf.random.stateless_uniform([n, 2], seed=crop_seed, minval=0, maxval=2 * pad + 1,
+    offsets = tf.random.stateless_uniform([n, 2], seed=seed, minval=0, maxval=2 * pad + 1,
                                           dtype=tf.int32)
     rows = offsets[:, :1] + tf.range(h)[None, :]
     cols = offsets[:, 1:] + tf.range(w)[None, :]
     out = tf.gather(padded, rows, axis=1, batch_dims=1)
     return tf.gather(out, cols, axis=2, batch_dims=1)
+
+
+FLIP_STREAM, SHUFFLE_STREAM, CROP_STREAM = 1, 2, 3  # independent stateless streams per seed
+
+
+def flip_mask(indices, epoch, seed: int, n: int, mode: str):
+    """Which images (by their row ``indices`` in the split of ``n``) are mirrored in ``epoch``.
+
+    "alternate" (airbench): a seeded half of the images -- exactly floor(n/2), picked by a
+    stateless permutation of the row numbers -- in even epochs, and exactly the other half in odd
+    ones, so every image is seen both ways every two epochs. "random": a fresh seeded half each
+    epoch. "off": none. Depends only on (row, epoch, seed), never on the batch it falls in.
+    """
+    import tensorflow as tf
+
+    idx = tf.cast(indices, tf.int64)
+    if mode == "off":
+        return tf.zeros(tf.shape(idx), tf.bool)
+    epoch = tf.cast(epoch, tf.int64)
+    stream = tf.constant([seed, FLIP_STREAM], tf.int64)
+    if mode == "random":
+        stream = tf.stack([tf.constant(seed, tf.int64), FLIP_STREAM + 10 * (epoch + 1)])
+    half = tf.random.experimental.index_shuffle(idx, stream, tf.constant(n - 1, tf.int64)) < n // 2
+    if mode == "alternate":
+        return tf.not_equal(half, tf.equal(epoch % 2, 1))
+    return half
 
 
 class RowReader:
@@ -108,14 +144,48 @@ class RowReader:
             self._fd = None
 
 
-def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 augment: bool = False, mean=None, std=None):
-    """A ``tf.data`` pipeline over uint8 arrays (memory-mapped ones welcome).
+def recipe_dataset(x, y, num_classes: int, batch_size: int, *, seed: int, epochs: int, start_epoch: int = 0,
+                   flip: str = "alternate", translate: int = 2, mean=None, std=None):
+    """The recipe's training stream: every epoch from ``start_epoch`` to ``epochs`` in one
+    ``tf.data`` pipeline (fit it with ``steps_per_epoch``), each a function of (seed, epoch) only.
 
-    An index stream is shuffled (seeded, reshuffled every epoch) and batched; each batch's rows
-    are read from the arrays (``RowReader``: no copy of the dataset is held), augmented (optional),
-    scaled to float32 and one-hot encoded per batch by ``tasks.core.pixels``, then prefetched.
+    Epoch e: a stateless permutation of the rows, cut into full batches (the remainder dropped);
+    per batch the rows are read from the cache (``RowReader``), mirrored per ``flip_mask``,
+    shifted by integer pixels up to ``translate`` (reflect-padded; NHWC, so width is axis 2),
+    scaled and one-hot encoded. A run resumed at epoch e sees exactly what it would have seen.
     """
+    import numpy as np
+    import tensorflow as tf
+
+    read, n = _batch_reader(x, y)
+    per = min(batch_size, n)
+    steps = max(1, n // batch_size)
+    h, w = (int(d) for d in np.shape(x)[1:3])
+    pad = min(int(translate), h - 1, w - 1)
+
+    def epoch_batches(epoch):
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), SHUFFLE_STREAM + 10 * epoch]))
+        idx = tf.reshape(perm[: steps * per], [steps, per])
+        return tf.data.Dataset.from_tensor_slices((idx, tf.fill([steps], epoch), tf.range(steps, dtype=tf.int64)))
+
+    def load(idx, epoch, step):
+        xb, yb = read(idx)
+        if flip != "off":
+            mask = flip_mask(idx, epoch, seed, n, flip)
+            xb = tf.where(mask[:, None, None, None], tf.reverse(xb, axis=[2]), xb)
+        if pad > 0:
+            crop = tf.random.experimental.stateless_fold_in(
+                tf.constant([seed, CROP_STREAM], tf.int64), epoch * steps + step)
+            xb = translate_batch(xb, crop, pad)
+        return scale_pixels(xb, mean, std), one_hot(yb, num_classes)
+
+    ds = tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch_batches)
+    return _finish(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+
+def _batch_reader(x, y):
+    """(read, n): ``read(idx)`` gives the (uint8 images, labels) tensors of rows ``idx``."""
     import numpy as np
     import tensorflow as tf
 
@@ -123,28 +193,21 @@ def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = Fal
         raise TrainingError(f"images and labels differ in length: {len(x)} vs {len(y)}")
     read_images = RowReader(x)
     labels = np.array(y)  # N bytes, copied out of any mapping
-    n = len(labels)
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augment:
-        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-                                 .batch(2))
 
     def gather(idx):
         return read_images(idx), labels[idx]
 
-    def load(idx, rnd=None):
+    def read(idx):
         xb, yb = tf.numpy_function(gather, [idx], [tf.as_dtype(read_images.dtype),
                                                     tf.as_dtype(labels.dtype)], stateful=False)
-        xb = tf.ensure_shape(xb, (None, *read_images.shape))
-        yb = tf.ensure_shape(yb, (None,))
-        if rnd is not None:
-            xb = augment_batch(xb, rnd)
-        return scale_pixels(xb, mean, std), one_hot(yb, num_classes)
+        return tf.ensure_shape(xb, (None, *read_images.shape)), tf.ensure_shape(yb, (None,))
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return read, len(labels)
+
+
+def _finish(ds):
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     # No autotune optimisation thread: deleting an iterator waits for that thread's next wake-up,
@@ -153,3 +216,31 @@ def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = Fal
     # values below still apply (without the model thread).
     options.autotune.enabled = False
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 augment: bool = False, mean=None, std=None):
+    """A ``tf.data`` pipeline over uint8 arrays (memory-mapped ones welcome).
+
+    An index stream is shuffled (seeded, reshuffled every epoch) and batched; each batch's rows
+    are read from the arrays (``RowReader``: no copy of the dataset is held), augmented (optional),
+    scaled to float32 and one-hot encoded per batch by ``tasks.core.pixels``, then prefetched.
+    """
+    import tensorflow as tf
+
+    read, n = _batch_reader(x, y)
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment:
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+                                 .batch(2))
+
+    def load(idx, rnd=None):
+        xb, yb = read(idx)
+        if rnd is not None:
+            xb = augment_batch(xb, rnd)
+        return scale_pixels(xb, mean, std), one_hot(yb, num_classes)
+
+    return _finish(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))

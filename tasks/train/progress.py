@@ -3,6 +3,7 @@ resumed run continues one history), the epoch log line, and Prefect's progress a
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,16 @@ def format_epoch_line(epoch: int, epochs: int, logs: dict[str, float], seconds: 
         if name in logs:
             parts.append(f"{name} {float(logs[name]):.2f}")
     return " ".join(parts) + f" ({seconds:.1f} s)"
+
+
+def epoch_metrics(logs: dict[str, Any]) -> dict[str, float | None]:
+    """An epoch's metrics as history.json stores them: a NaN or infinite value (a diverged
+    training) becomes None, so the file stays strict JSON (``NaN`` is not JSON)."""
+    out = {}
+    for k, v in logs.items():
+        if k in HISTORY_METRICS:
+            out[k] = float(v) if math.isfinite(float(v)) else None
+    return out
 
 
 def in_prefect_run() -> bool:
@@ -70,8 +81,12 @@ class EpochTracker:
 
     def record(self, epoch: int, logs: dict[str, Any]) -> None:
         """Epoch ``epoch`` (1-based) finished: its row replaces any later ones, then is saved."""
-        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items() if k in HISTORY_METRICS},
+        row = {"epoch": epoch, **epoch_metrics(logs),
                "seconds": round(time.perf_counter() - self.epoch_started, 3)}
+        if bad := [k for k in HISTORY_METRICS if k in logs and row[k] is None]:
+            self.log.warning("epoch %d: %s not a finite number: training diverged, so it stops here "
+                             "and the run will not be promoted; lower training.optimizer.learning_rate",
+                             epoch, ", ".join(bad))
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
         if self.persist:
             atomic_write_json(self.rows_path, {"epochs": self.rows})

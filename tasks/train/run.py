@@ -17,7 +17,7 @@ from tasks.core.datacache import DatasetRecord
 from tasks.core.files import file_lock
 from tasks.core.hashing import code_fingerprint, stable_hash, to_jsonable
 from tasks.core.logs import get_logger
-from tasks.train import devices, fit, inputs, model_folder, models, progress
+from tasks.train import airbench, devices, fit, inputs, model_folder, models, progress, recipe
 from tasks.train.config import TrainingConfig, TrainRecord
 from tasks.train.devices import make_strategy, precision_policy, resolve_runtime, strategy_devices, worker_role
 from tasks.train.fit import fit_model
@@ -26,7 +26,7 @@ from tasks.train.model_folder import commit_model, lock_path, model_dir, trained
 from tasks.train.models import MODELS, build_model
 from tasks.train.progress import EpochTracker
 
-TRAINING_CODE = (models, inputs, fit, devices, progress, model_folder, pixels)
+TRAINING_CODE = (models, airbench, recipe, inputs, fit, devices, progress, model_folder, pixels)
 
 
 def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
@@ -119,6 +119,7 @@ def train_and_commit(dataset: DatasetRecord, validation, model_name: str, cfg: T
             "resumed_from_epoch": tracker.resumed_from,
             "preprocess": stats,
             "config": to_jsonable(cfg),
+            "recipe": recipe.recipe_facts(cfg, dataset.train_size),
         })
     log.info("trained %s (%s): %d epochs in %.1f s -> %s", model_name, key, meta["epochs"],
              meta["seconds"], model_dir(data_dir, key))

@@ -1,0 +1,272 @@
+"""The fast recipe (issue 13) against the notebook's, in one run on one machine.
+
+    .venv/bin/python -m bench.bench_fast [--seeds 42 43 44] [--notebook-seeds 42 43 44] [--plot]
+    .venv/bin/python -m bench.bench_fast --ablate [--seed 42]
+    (either with --set KEY=VALUE for every `fast` run, e.g. --set training.epochs=8)
+
+Every run is ``cifar run PIPELINE --set training.seed=S --set artifacts_dir=bench/out/fast-artifacts``
+as a user types it (pipelines ``fast`` and ``train-jpeg`` of pipelines.yaml, the real CIFAR-10
+JPEGs, decoded once into the project's dataset cache under data/ and reused), one after another,
+so each has both cores. A run whose model is already trained (same data, config and code) is a
+cache hit: its recorded times are reused, never re-measured.
+
+Per run, from its run folder: the training time (train.json's epoch seconds, what ``fit`` spent;
+and the whole train stage: model build, whitening, tracing, commit), test accuracy with the
+recipe's test-time augmentation (metrics.json ``test_accuracy``) and without it
+(``tta.accuracy.off``), precision and devices. For ``fast`` the 6-view evaluation is also timed
+here, by scoring the run's model.keras again in this process, which must reproduce the stored
+accuracy exactly. The notebook's evaluation (one view) is timed the same way.
+
+``--ablate``: ``fast`` once per piece switched off (one seed; ``--set training.recipe.X=...``);
+the TTA rows come from the full run's metrics (every level is scored in one pass).
+``--plot``: docs/fast_vs_notebook.png, test accuracy against wall seconds for every run.
+
+Results: bench/out/fast.json (fast-ablation.json with --ablate; written after each run, so a
+long sweep can be cut) and a table:
+mean +- standard deviation (n-1) per recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tasks.train.devices import cpu_has_bf16  # noqa: E402  (no TensorFlow import)
+
+OUT = ROOT / "bench" / "out"
+PLOT = ROOT / "docs" / "fast_vs_notebook.png"
+FAST, NOTEBOOK = "fast", "train-jpeg"
+
+# (row name, --set overrides): each piece of the recipe switched off in turn.
+ABLATIONS = [
+    ("full recipe", {}),
+    ("no whitening (trainable 2x2 stem)", {"training.recipe.whiten": False}),
+    ("no dirac init", {"training.recipe.dirac": False}),
+    ("no 64x BN-bias rate", {"training.recipe.bias_rate": 1.0}),
+    ("no lookahead", {"training.recipe.lookahead": False}),
+    ("random flips, not alternating", {"training.recipe.flip": "random"}),
+    ("no translation", {"training.recipe.translate": 0}),
+    ("no label smoothing", {"training.recipe.label_smoothing": 0.0}),
+    ("no weight decay", {"training.recipe.weight_decay": 0.0}),
+    ("constant learning rate", {"training.recipe.schedule": False}),
+    ("stem bias trains throughout", {"training.recipe.whiten_bias_epochs": None}),
+    ("float32 (no bf16)", {"training.mixed_precision": "off"}),
+    ("batch 512 (twice the steps; not a removal)", {"training.batch_size": 512}),
+]
+
+
+def _set_args(sets: dict) -> list[str]:
+    out = []
+    for key, value in sets.items():
+        out += ["--set", f"{key}={json.dumps(value)}"]
+    return out
+
+
+def run_pipeline(pipeline: str, seed: int, artifacts: Path, env: dict, sets: dict | None = None) -> dict:
+    """One ``cifar run``; what its run folder says about time and accuracy."""
+    cmd = [sys.executable, "-m", "flows.cli", "run", pipeline, "--set", f"training.seed={seed}",
+           "--set", f"artifacts_dir={artifacts}", *_set_args(sets or {})]
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    report = Path([ln for ln in proc.stdout.splitlines() if ln.strip()][-1].strip())
+    if report.name != "report.html" or not report.is_file():
+        raise SystemExit(f"{' '.join(cmd)}: expected the run's report path last, got {report}")
+    run = report.parent
+    metrics = json.loads((run / "metrics.json").read_text())
+    meta = json.loads((run / "metadata.json").read_text())
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    training = meta["training"]
+    tta = metrics.get("tta") or {}
+    return {
+        "pipeline": pipeline, "seed": seed, "sets": sets or {},
+        "test_accuracy": metrics["test_accuracy"],
+        "plain_accuracy": (tta.get("accuracy") or {}).get("off", metrics["test_accuracy"]),
+        "tta_accuracy": tta.get("accuracy"),
+        "train_seconds": training["seconds"],  # the epochs' own seconds (fit)
+        "train_stage_seconds": meta["stages"]["train"]["seconds"],
+        "save_stage_seconds": meta["stages"]["save"]["seconds"],
+        # a run folder older than this command: the whole run was reused (its times are the original's)
+        "trained_now": datetime.fromisoformat(meta["created_at"]) >= started,
+        "command_wall_s": round(wall, 1),
+        "epochs": training["epochs"], "precision": training.get("precision"), "devices": training.get("devices"),
+        "curve": [[h.get("seconds"), h.get("val_accuracy")] for h in history],
+        "run": str(run),
+    }
+
+
+def time_evaluation(run: str) -> dict:
+    """Score the run's model.keras on the test split again, as the save stage does (its TTA
+    level): the seconds it takes, and whether it reproduces the stored accuracy."""
+    code = f"""
+import json, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import keras, numpy as np
+from pathlib import Path
+from tasks.core.datacache import load_dataset
+from tasks.store.evaluation import score_test_split, tta_of
+run = Path({run!r}); meta = json.loads((run / "metadata.json").read_text())
+train = meta["training"]; data = load_dataset(meta["dataset"]["path"])
+model = keras.models.load_model(run / "model.keras", compile=False)
+y = np.asarray(data.y_test, np.int64)
+t = time.perf_counter()
+probs, metrics = score_test_split(model, data.x_test, y, list(data.classes), train.get("preprocess"), tta_of(train))
+print("RESULT " + json.dumps({{"seconds": time.perf_counter() - t, "test_accuracy": metrics["test_accuracy"]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        raise SystemExit(f"re-scoring {run} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    got = json.loads(line[0].removeprefix("RESULT "))
+    stored = json.loads((Path(run) / "metrics.json").read_text())["test_accuracy"]
+    return {"eval_seconds": round(got["seconds"], 1), "eval_reproduced": got["test_accuracy"] == stored}
+
+
+def spread(values: list[float]) -> dict:
+    return {"n": len(values), "mean": round(statistics.fmean(values), 4),
+            "stdev": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+            "min": min(values), "max": max(values)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for key in ("test_accuracy", "plain_accuracy", "train_seconds", "eval_seconds"):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        if vals:
+            out[key] = spread(vals)
+    if all(r.get("eval_seconds") is not None for r in rows) and rows:
+        out["train_plus_eval_seconds"] = spread([r["train_seconds"] + r["eval_seconds"] for r in rows])
+    return out
+
+
+def _pm(s: dict | None, fmt: str) -> str:
+    if not s:
+        return "—"
+    return f"{s['mean']:{fmt}}" + (f" ± {s['stdev']:{fmt}}" if s.get("stdev") is not None else "")
+
+
+def table(result: dict) -> str:
+    lines = [f"{'recipe':<12} {'n':>2}  {'test acc (TTA)':<18} {'plain':<18} {'train s':<14} "
+             f"{'eval s':<12} {'train+eval s':<14}"]
+    for name, key in ((FAST, "fast_summary"), (NOTEBOOK, "notebook_summary")):
+        s = result.get(key)
+        if s:
+            lines.append(f"{name:<12} {s['test_accuracy']['n']:>2}  {_pm(s.get('test_accuracy'), '.4f'):<18} "
+                         f"{_pm(s.get('plain_accuracy'), '.4f'):<18} {_pm(s.get('train_seconds'), '.0f'):<14} "
+                         f"{_pm(s.get('eval_seconds'), '.1f'):<12} {_pm(s.get('train_plus_eval_seconds'), '.0f'):<14}")
+    for row in result.get("ablation", []):
+        lines.append(f"  {row['name']:<36} test {row['test_accuracy']:.4f}  plain {row['plain_accuracy']:.4f}  "
+                     f"train {row['train_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def ablation_rows(full: dict, trained: list[tuple[str, dict]]) -> list[dict]:
+    rows = [{"name": name, "test_accuracy": r["test_accuracy"], "plain_accuracy": r["plain_accuracy"],
+             "train_seconds": r["train_seconds"], "delta_pp": round((r["test_accuracy"] - full["test_accuracy"]) * 100, 2)}
+            for name, r in trained]
+    for level, label in (("mirror", "TTA: image + mirror only"), ("off", "no TTA")):
+        acc = (full.get("tta_accuracy") or {}).get(level)
+        if acc is not None:
+            rows.append({"name": label, "test_accuracy": acc, "plain_accuracy": full["plain_accuracy"],
+                         "train_seconds": full["train_seconds"],
+                         "delta_pp": round((acc - full["test_accuracy"]) * 100, 2)})
+    return rows
+
+
+def plot(result: dict, path: Path) -> Path:
+    from tasks.core.files import atomic_write_bytes
+    from tasks.report.plots import plot_accuracy_vs_time
+
+    series = []
+    for r in result["runs"]:
+        t, pts = 0.0, []
+        for seconds, acc in r["curve"]:
+            t += seconds or 0.0
+            pts.append((t, acc))
+        final = (t + (r.get("eval_seconds") or 0.0), r["test_accuracy"])
+        series.append({"label": f"{r['pipeline']} seed {r['seed']}", "points": pts, "final": final})
+    return atomic_write_bytes(path, plot_accuracy_vs_time(
+        series, f"fast vs the notebook's recipe ({os.cpu_count()} CPUs)",
+        "wall seconds of training (stars: after the test-split evaluation, with TTA for fast)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[42, 43, 44], help="seeds of `fast`")
+    ap.add_argument("--notebook-seeds", type=int, nargs="*", default=None,
+                    help="seeds of `train-jpeg` (default: the same as --seeds; none: --notebook-seeds)")
+    ap.add_argument("--ablate", action="store_true", help="one `fast` run per piece switched off")
+    ap.add_argument("--seed", type=int, default=42, help="the ablation's seed")
+    ap.add_argument("--plot", action="store_true", help=f"write {PLOT.relative_to(ROOT)}")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for every `fast` run, as `cifar run --set` takes it "
+                         "(e.g. training.epochs=8 or training.batch_size=512); repeatable")
+    ap.add_argument("--out", default=None, help="default: bench/out/fast.json, with --ablate fast-ablation.json")
+    args = ap.parse_args(argv)
+    import yaml
+
+    fast_sets = {}
+    for item in args.sets:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        fast_sets[key.strip()] = yaml.safe_load(raw)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_API_URL": "", "PREFECT_HOME": str(OUT / "prefect-home")}
+    artifacts = OUT / "fast-artifacts"
+    out = Path(args.out or OUT / ("fast-ablation.json" if args.ablate else "fast.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result: dict = {"runs": [], "fast_sets": fast_sets, "machine": {
+        "cpus": os.cpu_count(), "platform": platform.platform(), "bf16_cpu": cpu_has_bf16()}}
+
+    def save():
+        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    if args.ablate:
+        trained = []
+        for name, sets in ABLATIONS:
+            row = run_pipeline(FAST, args.seed, artifacts, env, {**fast_sets, **sets})
+            trained.append((name, row))
+            print(f"{name:<36} test {row['test_accuracy']:.4f} plain {row['plain_accuracy']:.4f} "
+                  f"train {row['train_seconds']:.0f} s", flush=True)
+            result["ablation"] = ablation_rows(trained[0][1], trained)
+            save()
+    else:
+        notebook_seeds = args.seeds if args.notebook_seeds is None else args.notebook_seeds
+        jobs = [(FAST, s) for s in args.seeds] + [(NOTEBOOK, s) for s in notebook_seeds]
+        for pipeline, seed in jobs:
+            row = run_pipeline(pipeline, seed, artifacts, env, fast_sets if pipeline == FAST else None)
+            row.update(time_evaluation(row["run"]))
+            result["runs"].append(row)
+            print(f"{pipeline:<11} seed {seed}: test {row['test_accuracy']:.4f} (plain {row['plain_accuracy']:.4f}), "
+                  f"train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.1f} s, "
+                  f"{row['precision']}{'' if row['trained_now'] else ' (cached)'}", flush=True)
+            for name, key in ((FAST, "fast_summary"), (NOTEBOOK, "notebook_summary")):
+                rows = [r for r in result["runs"] if r["pipeline"] == name]
+                if rows:
+                    result[key] = summarise(rows)
+            save()
+        if args.plot and result["runs"]:
+            print(f"plot: {plot(result, PLOT)}")
+    print(table(result))
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
