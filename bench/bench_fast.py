@@ -75,18 +75,10 @@ def _set_args(sets: dict) -> list[str]:
 
 def run_pipeline(pipeline: str, seed: int, artifacts: Path, env: dict, sets: dict | None = None) -> dict:
     """One ``cifar run``; what its run folder says about time and accuracy."""
-    cmd = [sys.executable, "-m", "flows.cli", "run", pipeline, "--set", f"training.seed={seed}",
-           "--set", f"artifacts_dir={artifacts}", *_set_args(sets or {})]
+    from bench.bench_seeds import cifar_run
+
     started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    report = Path([ln for ln in proc.stdout.splitlines() if ln.strip()][-1].strip())
-    if report.name != "report.html" or not report.is_file():
-        raise SystemExit(f"{' '.join(cmd)}: expected the run's report path last, got {report}")
-    run = report.parent
+    run, wall = cifar_run(pipeline, seed, artifacts, env, _set_args(sets or {}))
     metrics = json.loads((run / "metrics.json").read_text())
     meta = json.loads((run / "metadata.json").read_text())
     history = json.loads((run / "history.json").read_text())["epochs"]

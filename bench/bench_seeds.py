@@ -35,9 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 
 
-def run_seed(pipeline: str, seed: int, artifacts: Path, env: dict[str, str]) -> dict:
+def cifar_run(pipeline: str, seed: int, artifacts: Path, env: dict[str, str],
+              extra: list[str] | tuple[str, ...] = ()) -> tuple[Path, float]:
+    """One ``cifar run`` as a user types it: its run folder (from the report path it prints last)
+    and the command's wall seconds."""
     cmd = [sys.executable, "-m", "flows.cli", "run", pipeline, "--set", f"training.seed={seed}",
-           "--set", f"artifacts_dir={artifacts}"]
+           "--set", f"artifacts_dir={artifacts}", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -46,12 +49,17 @@ def run_seed(pipeline: str, seed: int, artifacts: Path, env: dict[str, str]) -> 
     report = Path([ln for ln in proc.stdout.splitlines() if ln.strip()][-1].strip())
     if report.name != "report.html" or not report.is_file():
         raise SystemExit(f"{' '.join(cmd)}: expected the run's report path last, got {report}")
-    metrics = json.loads((report.parent / "metrics.json").read_text())
-    meta = json.loads((report.parent / "metadata.json").read_text())
+    return report.parent, wall
+
+
+def run_seed(pipeline: str, seed: int, artifacts: Path, env: dict[str, str]) -> dict:
+    run, wall = cifar_run(pipeline, seed, artifacts, env)
+    metrics = json.loads((run / "metrics.json").read_text())
+    meta = json.loads((run / "metadata.json").read_text())
     return {"seed": seed, "test_accuracy": metrics["test_accuracy"], "wall_s": round(wall, 1),
             "trained_now": not meta["stages"]["train"]["cache_hit"],
             "train_seconds": meta["stages"]["train"]["seconds"],
-            "run": str(report.parent)}
+            "run": str(run)}
 
 
 def run_notebook(seed: int, epochs: int, env: dict[str, str]) -> dict:

@@ -26,3 +26,17 @@ def prefect_engine(tmp_path_factory):
     os.environ["PREFECT_HOME"] = str(home)
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Processes a test starts; all stopped at teardown. Their logs' tails print on failure
+    (pytest shows a test's captured teardown output only when it failed)."""
+    from procs import Procs
+
+    p = Procs(tmp_path / "logs")
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        print(p.report())

@@ -225,3 +225,10 @@ def prefect_server(procs: Procs, home: str | os.PathLike, port: int | None = Non
         yield url
     finally:
         server.stop()
+
+
+def client_env(server: tuple[str, str | os.PathLike], **extra: str) -> dict[str, str]:
+    """The environment of a client of ``server`` (its API URL and PREFECT_HOME), never proxied."""
+    url, home = server
+    return prefect_env(home, url, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+                       **extra)

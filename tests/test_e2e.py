@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from archives import FileServer, build_binary_archive
-from procs import Procs, exe, prefect_env, prefect_server, tail
+from procs import Procs, client_env, exe, prefect_server, tail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -95,25 +95,7 @@ pipelines:
     return root
 
 
-@pytest.fixture
-def procs(tmp_path):
-    """Processes this test starts; all stopped at teardown. Their logs' tails print on failure
-    (pytest shows a test's captured teardown output only when it failed)."""
-    p = Procs(tmp_path / "logs")
-    try:
-        yield p
-    finally:
-        p.stop_all()
-        print(p.report())
-
-
 # --------------------------------------------------------------------------- helpers
-def client_env(server, **extra):
-    url, home = server
-    return prefect_env(home, url, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-                       **extra)
-
-
 def prefect_client(server):
     from prefect.client.orchestration import SyncPrefectClient
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from archives import build_binary_archive
-from procs import Procs, exe, prefect_env, prefect_server, tail
+from procs import Procs, client_env, exe, prefect_server, tail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -34,21 +34,6 @@ def server(tmp_path_factory):
     (root / "home").mkdir()
     with Procs(root / "logs") as procs, prefect_server(procs, root / "home", timeout=180) as url:
         yield url, root / "home"
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path / "logs")
-    try:
-        yield p
-    finally:
-        p.stop_all()
-        print(p.report())
-
-
-def client_env(server, **extra):
-    url, home = server
-    return prefect_env(home, url, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **extra)
 
 
 def images(folder, n: int = 11):
