@@ -8,10 +8,14 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, tags
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
+from flows import cluster
 from flows.config import DEFAULT_CONFIG, PipelineConfig, Settings, load_settings
+from flows.outcomes import (
+    code_versions, metric_value, on_run_failed, outcome, publish, scheduled_seed, trigger_record,
+)
 from tasks.core.caching import bind_local
 from tasks.core.logs import get_logger
 
@@ -48,9 +52,13 @@ def _prepare_data(stages: _Stages, chosen: PipelineConfig):
     from tasks.download import decode_dataset, fetch_archive, retry_options
     from tasks.prepare import validate_dataset
 
-    archive = stages.run("download", fetch_archive, chosen.dataset, stages.data_dir,
-                         options=retry_options(chosen.dataset))
-    dataset = stages.run("download", decode_dataset, archive, chosen.dataset, stages.data_dir)
+    cfg = chosen.dataset
+    if cfg.sha256_url:  # read the published checksum at every run; the fetch then pins to it
+        from tasks.download import follow_checksum
+
+        cfg = stages.run("download", follow_checksum, cfg, options=retry_options(cfg))
+    archive = stages.run("download", fetch_archive, cfg, stages.data_dir, options=retry_options(cfg))
+    dataset = stages.run("download", decode_dataset, archive, cfg, stages.data_dir)
     validation = stages.run("prepare", validate_dataset, dataset, chosen.prepare, stages.data_dir)
     return dataset, validation
 
@@ -60,14 +68,18 @@ PIPELINE_HELP = "a pipeline of the config file: its key under `pipelines:`"
 OVERRIDES_HELP = ('settings that differ from the file, dotted keys as `cifar run --set` takes them: '
                   '{"training.epochs": 1, "dataset.limit_train": 500}; checked like the file')
 CONFIG_HELP = "the pipelines file (YAML); relative to the working directory of the flow run"
+SCHEDULED_HELP = ("set by the deployment's schedule: with `schedule.retrain: always` such a run "
+                  "trains a challenger with a fresh seed")
 
 
-@flow(name="cifar", flow_run_name=_run_name, log_prints=True)
+@flow(name="cifar", flow_run_name=_run_name, log_prints=True, on_failure=[on_run_failed],
+      on_crashed=[on_run_failed])
 def cifar(
     pipeline: str = Field("train", description=PIPELINE_HELP),
     overrides: dict[str, Any] | None = Field(None, description=OVERRIDES_HELP),
     force: bool = Field(False, description="retrain even when a model for the same inputs exists"),
     config: str = Field(DEFAULT_CONFIG, description=CONFIG_HELP),
+    scheduled: bool = Field(False, description=SCHEDULED_HELP),
 ) -> dict[str, Any]:
     """Train, register and report one pipeline of pipelines.yaml.
 
@@ -76,31 +88,48 @@ def cifar(
     2) prepare and validate - the pandera data contract over the scaled pixels and one-hot labels;
     3) train - the pipeline's Keras model, resumable, cached by data + config + code;
     4) save and register - evaluate, write the run folder, promote a champion or not;
-    5) report - the run's self-contained HTML report and artifacts/index.html.
+    5) report - the run's self-contained HTML report and artifacts/index.html;
+    6) outcome - "trained" or "nothing changed since run X (data, config, code); champion Y", as a
+       log line, an ``outcome-<pipeline>`` markdown artifact, the return value's ``message``, and
+       ``cifar.*`` Prefect events (flows/outcomes.py; a failed run emits ``cifar.run.failed``).
 
     ``overrides`` maps dotted keys to values, as ``--set`` does (``{"training.epochs": 1}``);
-    ``force`` retrains even when a trained model for the same inputs exists.
+    ``force`` retrains even when a trained model for the same inputs exists; ``scheduled`` is set
+    by the deployment's schedule (``schedule.retrain: always`` gives those runs a fresh seed).
     """
     from tasks.report import build_report
     from tasks.store import save_run
     from tasks.train import train_model
+    from tasks.train.board import copy_logs
 
     settings, chosen = _settings(pipeline, overrides, config)
+    configured_seed = chosen.training.seed
+    if (seed := scheduled_seed(chosen.schedule, scheduled)) is not None:  # schedule.retrain: always
+        settings, chosen = _settings(pipeline, {**(overrides or {}), "training.seed": seed}, config)
+    trigger = trigger_record(scheduled, chosen.schedule, seed, configured_seed)
     data_dir, artifacts_dir = str(settings.data_dir), str(settings.artifacts_dir)
+    cluster.require_shared_folders(data_dir, artifacts_dir, deployment.id)  # a worker sees the shared folders
     stages = _Stages(data_dir)
     log = get_logger()
     log.info("pipeline %s: %s", chosen.name, chosen.description or "(no description)")
 
     with tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
         dataset, validation = _prepare_data(stages, chosen)
+        chief, role = cluster.role_of(chosen.training)  # multi_worker: only the chief saves and reports
+        train_started = time.time()
         trained = stages.run(
             "train", train_model, dataset, validation, chosen.model, chosen.training, chosen.prepare, data_dir,
-            force=force, refresh=force,
+            force=force, refresh=force, slots=settings.train_slots,
         )
+        if not chief:  # the others wait for the chief's run and point at it
+            return cluster.worker_summary(chosen.name, role, cluster.wait_for_chief(
+                role, trained.path, trained.key, chosen.name, data_dir, artifacts_dir,
+                since=train_started if force else 0.0), stages.times)
         run = stages.run(
             "save", save_run, chosen.to_dict(), dataset, validation, trained, dict(stages.times),
-            _flow_run_id(), artifacts_dir,
+            _flow_run_id(), artifacts_dir, context={"trigger": trigger, "code": code_versions()},
         )
+        copy_logs(trained.path, run.path)  # the training's TensorBoard logs, beside the run
         report = stages.run("report", build_report, run, chosen.report, artifacts_dir)
 
     summary = {
@@ -113,7 +142,11 @@ def cifar(
         "report": report.report,
         "index": report.index,
         "stages": stages.times,
+        "trigger": trigger,
     }
+    summary["outcome"], summary["message"], summary["champion"] = outcome(run, stages.times, artifacts_dir)
+    summary["metric_value"] = metric_value(run.path, chosen.promote.metric)
+    publish(summary, chosen.promote.metric, _flow_run_id())
     log.info(
         "done: test accuracy %.4f, %s; report %s", run.test_accuracy,
         "promoted to champion" if run.promoted else "not promoted", report.report,

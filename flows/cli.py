@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--pipeline", action="append", dest="only", metavar="NAME")
     cmd.add_argument("--queue", default=None, help="work queue within the pool")
     cmd.add_argument("--image", default=None, help="container image for docker/kubernetes pools")
+    cmd.add_argument("--job-variable", action="append", dest="job_variables", default=[], metavar="KEY=VALUE",
+                   help="a job variable of the pool's job template, over the pipeline's deploy: block; "
+                        "env.NAME=VALUE sets one environment variable (env.CUDA_VISIBLE_DEVICES=0); repeatable")
+    _common(cmd)
+
+    cmd = sub.add_parser("reports", help="serve artifacts_dir read-only over HTTP on 127.0.0.1 (report "
+                                       "links from Prefect's UI)")
+    cmd.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s)")
     _common(cmd)
 
     cmd = sub.add_parser("runs", help="list registered runs (newest first)")
@@ -119,6 +127,7 @@ def cmd_check(args) -> int:
     print(f"{settings.config_path}: OK")
     print(f"  data_dir      {settings.data_dir}")
     print(f"  artifacts_dir {settings.artifacts_dir}")
+    print(f"  train_slots   {settings.train_slots or 1} per machine (the limit's size when first created)")
     for name, pipeline in settings.pipelines.items():
         schedule, dataset, training = pipeline.schedule, pipeline.dataset, pipeline.training
         when = f"cron '{schedule.cron}' {schedule.timezone}" if schedule else "no schedule"
@@ -144,8 +153,14 @@ def cmd_run(args) -> int:
     with embedded_api(), tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
         summary = cifar(pipeline=args.pipeline, overrides=overrides, force=args.force,
                         config=str(settings.config_path))
+    if "chief_run" in summary:  # a multi-worker worker: the chief saved and reports the run
+        print(f"{chosen.name}: {summary['role']} trained with the chief, whose run is {summary['run_dir']}")
+        print(summary["report"])
+        return 0
     verdict = "promoted to champion" if summary["promoted"] else "not promoted"
     print(f"{chosen.name}: test accuracy {summary['test_accuracy']:.4f} ({verdict}: {summary['promotion_reason']})")
+    if summary.get("outcome") == "nothing changed":
+        print(f"{chosen.name}: {summary['message']}")
     print(f"index:  {summary['index']}")
     print(summary["report"])  # the last line printed is the report's path
     return 0
@@ -254,14 +269,25 @@ def cmd_deploy(args) -> int:
     from flows.deploy import deploy
 
     settings = _settings(args)
-    for line in deploy(settings, args.pool, args.only, queue=args.queue, image=args.image):
+    from flows.jobs import parse_job_variables
+
+    variables = parse_job_variables(args.job_variables)
+    for line in deploy(settings, args.pool, args.only, queue=args.queue, image=args.image, variables=variables):
         print(line)
+    return 0
+
+
+def cmd_reports(args) -> int:
+    from flows.reports_server import serve_reports
+
+    serve_reports(_settings(args).artifacts_dir, args.port)
     return 0
 
 
 COMMANDS = {
     "run": cmd_run, "data": cmd_data, "check": cmd_check, "serve": cmd_serve,
     "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report, "predict": cmd_predict,
+    "reports": cmd_reports,
 }
 
 

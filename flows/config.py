@@ -15,7 +15,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
@@ -23,6 +23,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails, from_json, to_json
 
 from tasks.core.errors import ConfigError
+from flows.jobs import DeployConfig
 from tasks.core.settings import SETTINGS
 from tasks.download.config import DatasetConfig
 from tasks.prepare.config import PrepareConfig
@@ -42,6 +43,9 @@ class ScheduleConfig:
 
     cron: str
     timezone: str = "UTC"
+    # on-change: a scheduled run retrains only when the data, config or code changed (else it says
+    # "nothing changed"); always: each scheduled run trains a challenger with a fresh seed.
+    retrain: Literal["on-change", "always"] = "on-change"
 
     def problems(self) -> list[tuple[str, str]]:
         from prefect.client.schemas.schedules import CronSchedule
@@ -71,6 +75,7 @@ class PipelineConfig:
     keep_last: int | None = None  # prune older runs that are not the champion
     report: ReportConfig = field(default_factory=ReportConfig)
     schedule: ScheduleConfig | None = None
+    deploy: DeployConfig = field(default_factory=DeployConfig)  # `cifar deploy --pool`: env, queue, image
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -97,6 +102,10 @@ class PipelinesFile:
         "downloads and the decoded dataset cache; relative to this file"))] = "data"
     artifacts_dir: Annotated[str, Field(min_length=1, description=(
         "runs (models, metrics, reports) and index.html; relative to this file"))] = "artifacts"
+    train_slots: Annotated[int | None, Field(ge=1, description=(
+        "trainings at once per machine (per GPU set when CUDA_VISIBLE_DEVICES pins the worker): the "
+        "size of the Prefect global concurrency limit cifar-train:<host> when it is first created; "
+        "null: 1"))] = None
     pipelines: Annotated[dict[PipelineName, PipelineConfig], Field(
         min_length=1, json_schema_extra={"additionalProperties": False},  # a name matches the pattern
         description="pipeline name (letters, digits, - and _) -> what differs from the defaults")]
@@ -110,6 +119,7 @@ class Settings:
     data_dir: Path
     artifacts_dir: Path
     pipelines: dict[str, PipelineConfig]
+    train_slots: int | None = None
 
     def pipeline(self, name: str) -> PipelineConfig:
         try:
@@ -229,6 +239,8 @@ def _schema_at(loc: Loc) -> dict:
             node = node["properties"][part]
         elif node.get("patternProperties"):  # a mapping's values (the pipelines)
             node = next(iter(node["patternProperties"].values()))
+        elif isinstance(node.get("additionalProperties"), dict):  # a mapping's values (deploy.env)
+            node = node["additionalProperties"]
         else:
             return {}
     return _deref(node)
@@ -331,7 +343,7 @@ def _apply(raw: dict, pipeline: str | None, overrides: dict[str, Any]) -> list[s
     problems: list[str] = []
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        if parts[0] in ("data_dir", "artifacts_dir", "pipelines"):
+        if parts[0] in ("data_dir", "artifacts_dir", "pipelines", "train_slots"):
             _set_path(raw, parts, dotted, _plain(value), problems)
             continue
         pipes = raw.get("pipelines")
@@ -409,5 +421,5 @@ def load_settings(
     base = path.parent
     return Settings(
         path, _relative_to(base, built.data_dir).resolve(), _relative_to(base, built.artifacts_dir).resolve(),
-        {name: _resolved(name, cfg, base) for name, cfg in built.pipelines.items()},
+        {name: _resolved(name, cfg, base) for name, cfg in built.pipelines.items()}, built.train_slots,
     )

@@ -65,7 +65,12 @@ def deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str, Any]:
         ),
     }
     if p.schedule:
-        kwargs["schedules"] = [CronSchedule(cron=p.schedule.cron, timezone=p.schedule.timezone)]
+        from prefect.client.schemas.actions import DeploymentScheduleCreate
+
+        # The schedule's runs carry scheduled=True (schedule.retrain: always seeds only those).
+        kwargs["schedules"] = [DeploymentScheduleCreate(
+            schedule=CronSchedule(cron=p.schedule.cron, timezone=p.schedule.timezone),
+            parameters={"scheduled": True})]
     return kwargs
 
 
@@ -80,6 +85,13 @@ def predict_deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str,
     }
 
 
+def make_folders(settings: Settings) -> None:
+    """data_dir and artifacts_dir, created once by the command that deploys: a deployment's flow
+    run never creates them (``flows.cluster.require_shared_folders``)."""
+    for folder in (settings.data_dir, settings.artifacts_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
 def serve(settings: Settings, only: list[str] | None = None) -> None:
     """Serve every pipeline as a deployment of flow ``cifar`` and one of ``cifar-predict``
     (blocks until interrupted)."""
@@ -90,6 +102,7 @@ def serve(settings: Settings, only: list[str] | None = None) -> None:
     from flows.predict import cifar_predict
 
     chosen = selected(settings, only)
+    make_folders(settings)
     deployments = [cifar.to_deployment(**deployment_kwargs(p, settings.config_path)) for p in chosen]
     deployments += [cifar_predict.to_deployment(**predict_deployment_kwargs(p, settings.config_path))
                     for p in chosen]
@@ -101,21 +114,33 @@ def serve(settings: Settings, only: list[str] | None = None) -> None:
 
 
 def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
-           queue: str | None = None, image: str | None = None) -> list[str]:
-    """Register the same deployments to a work pool; its workers run them (scale-out)."""
+           queue: str | None = None, image: str | None = None,
+           variables: dict[str, Any] | None = None) -> list[str]:
+    """Register the same deployments to a work pool; its workers run them (scale-out).
+
+    Each carries its pipeline's ``deploy:`` block (``flows.jobs``): job variables (``env`` and
+    the rest), work queue and image, with ``variables`` (``--job-variable``), ``queue`` and
+    ``image`` from the command line over them; and the config path relative to the code the
+    workers pull, where the flow run starts."""
     require_server("cifar deploy")
     from flows.cifar import cifar
+    from flows.jobs import config_parameter, job_variables
     from flows.predict import cifar_predict
 
-    lines = []
+    make_folders(settings)
+    config, warning = config_parameter(settings.config_path, PROJECT_DIR)
+    lines = [f"warning: {warning}"] if warning else []
     for flow, entrypoint, kwargs_of in ((cifar, ENTRYPOINT, deployment_kwargs),
                                         (cifar_predict, PREDICT_ENTRYPOINT, predict_deployment_kwargs)):
-        # Workers on this machine (or a shared file system) run the flow from this checkout.
-        source_flow = flow if image else flow.from_source(source=str(PROJECT_DIR), entrypoint=entrypoint)
         for p in selected(settings, only):
+            pulled = image or p.deploy.image
+            # Workers on this machine (or a shared file system) run the flow from this checkout;
+            # with an image, from the code inside it.
+            source_flow = flow if pulled else flow.from_source(source=str(PROJECT_DIR), entrypoint=entrypoint)
             dep_id = source_flow.deploy(
-                work_pool_name=pool, work_queue_name=queue, image=image,
-                build=False, push=False, print_next_steps=False, **kwargs_of(p, settings.config_path),
+                work_pool_name=pool, work_queue_name=queue or p.deploy.work_queue, image=pulled,
+                job_variables=job_variables(p.deploy, variables), build=False, push=False,
+                print_next_steps=False, **kwargs_of(p, Path(config)),
             )
             lines.append(f"registered {flow.name}/{p.name} to work pool {pool!r} ({dep_id})")
     lines.append(f"start a worker with:  prefect worker start --pool {pool}")

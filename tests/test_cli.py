@@ -62,10 +62,10 @@ def test_check_schema_prints_a_json_schema_the_shipped_file_meets():
     assert r.returncode == 0, r.stderr
     schema = json.loads(r.stdout)
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"data_dir", "artifacts_dir", "pipelines"}
+    assert set(schema["properties"]) == {"data_dir", "artifacts_dir", "train_slots", "pipelines"}
     pipeline = schema["$defs"]["PipelineConfig"]
     assert pipeline["additionalProperties"] is False
-    assert {"dataset", "prepare", "model", "training", "promote", "report", "schedule"} <= set(pipeline["properties"])
+    assert {"dataset", "prepare", "model", "training", "promote", "report", "schedule", "deploy"} <= set(pipeline["properties"])
     assert all(d.get("additionalProperties") is False for d in schema["$defs"].values())
     shipped = yaml.safe_load((REPO / "pipelines.yaml").read_text())
     broken = copy.deepcopy(shipped)

@@ -82,7 +82,7 @@ def test_every_problem_is_reported_at_once_with_key_paths(tmp_path):
     """)
     got = problems(p)
     expected = [
-        "colour: unknown key; valid keys here: data_dir, artifacts_dir, pipelines",
+        "colour: unknown key; valid keys here: data_dir, artifacts_dir, train_slots, pipelines",
         "pipelines.a.modle: unknown key; valid keys here: description, expect, dataset, prepare, model",
         "pipelines.a.training.epochs: expected an integer, got 'ten'",
         "pipelines.a.training.batch_size: expected an integer, got 32.5",
@@ -241,7 +241,7 @@ def test_a_pipeline_is_named_by_its_key(tmp_path):
     assert got[0].startswith("pipelines.a.name: unknown key; valid keys here: description, expect")
     assert "pipelines.two words: a pipeline name uses letters, digits, - and _ only" in got
     assert "pipelines.ok-name_2.schedule.cron: required key is missing (a string)" in got
-    assert "pipelines.ok-name_2.schedule.cronn: unknown key; valid keys here: cron, timezone" in got
+    assert "pipelines.ok-name_2.schedule.cronn: unknown key; valid keys here: cron, timezone, retrain" in got
     assert len(got) == 4, got
     assert load_settings(write(tmp_path, "pipelines: {x-1: {}}\n")).pipelines["x-1"].name == "x-1"
 

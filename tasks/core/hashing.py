@@ -9,6 +9,8 @@ import hashlib
 import inspect
 import json
 import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -36,24 +38,72 @@ def hash_file(path: str | os.PathLike, *, md5: bool = False) -> FileDigest:
     return FileDigest(sha.hexdigest(), size, legacy.hexdigest() if legacy is not None else None)
 
 
-def tree_files(root: str | os.PathLike) -> list[tuple[str, Path]]:
+def tree_files(root: str | os.PathLike, skipped: list[str] | None = None) -> list[tuple[str, Path]]:
     """Every regular file under ``root`` (symlinks not followed), as (relative posix path, path),
-    sorted by the relative path."""
-    root = Path(root)
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in filenames:
-            p = Path(dirpath) / name
-            out.append((p.relative_to(root).as_posix(), p))
-    return sorted(out)
+    sorted by the relative path. Anything else found (a link, a FIFO, a socket, a device) is left
+    out -- opening a FIFO would block forever -- and its relative path appended to ``skipped``
+    when given, so the caller can say so. One ``scandir`` per folder, no ``stat`` per file (the
+    entry's type comes with the listing): 60,000 files are listed in a fraction of a second."""
+    out: list[tuple[str, str]] = []
+
+    def walk(folder: str, rel: str) -> None:
+        with os.scandir(folder) as it:
+            entries = list(it)
+        for e in entries:
+            name = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                walk(e.path, name + "/")
+            elif e.is_file(follow_symlinks=False):
+                out.append((name, e.path))
+            elif skipped is not None:
+                skipped.append(name)
+
+    walk(os.fspath(root), "")
+    if skipped is not None:
+        skipped.sort()
+    return [(rel, Path(p)) for rel, p in sorted(out)]
 
 
-def hash_tree(root: str | os.PathLike) -> FileDigest:
-    """One sha256 for a folder: over each file's relative path and sha256, in path order."""
+def _hash_regular(path: str | os.PathLike) -> FileDigest:
+    """sha256 and size of one file of a tree, opened so that nothing can hang or escape: no
+    following a link, no blocking on a FIFO swapped in since the listing (both refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is no longer a regular file")
+        sha, size = hashlib.sha256(), 0
+        while block := os.read(fd, CHUNK):
+            sha.update(block)
+            size += len(block)
+    finally:
+        os.close(fd)
+    return FileDigest(sha.hexdigest(), size)
+
+
+def _hash_chunk(paths: list[Path]) -> list[FileDigest]:
+    return [_hash_regular(p) for p in paths]
+
+
+def hash_tree(root: str | os.PathLike, *, workers: int = 1,
+              files: list[tuple[str, Path]] | None = None) -> FileDigest:
+    """One sha256 for a folder: over each file's relative path and sha256, in path order.
+
+    Every byte is read, every call (no stat shortcut: a file rewritten with the same size and
+    mtime changes the hash). ``workers`` > 1 hashes contiguous slices of the listing in threads
+    (worth it for large files; for small ones, such as CIFAR's ~1 KB images, one thread is
+    faster: the per-file work holds the GIL). ``files``: a ``tree_files`` listing at hand."""
+    listing = tree_files(root) if files is None else files
+    paths = [p for _, p in listing]
+    n = max(1, min(workers, len(paths)))
+    if n == 1:
+        digests = _hash_chunk(paths)
+    else:
+        step = -(-len(paths) // n)
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="hash-tree") as pool:
+            digests = [d for part in pool.map(_hash_chunk, [paths[i:i + step] for i in range(0, len(paths), step)])
+                       for d in part]
     h, size = hashlib.sha256(), 0
-    for rel, p in tree_files(root):
-        digest = hash_file(p)
+    for (rel, _), digest in zip(listing, digests):
         h.update(f"{rel}\0{digest.sha256}\n".encode())
         size += digest.size
     return FileDigest(h.hexdigest(), size)

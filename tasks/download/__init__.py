@@ -1,10 +1,11 @@
 """Stage 1: download the archive and decode it into the dataset cache, as two Prefect tasks.
 
 ``fetch_archive`` retries network faults with backoff (never a checksum mismatch or a 404) and
-is cached by the archive's expected checksum; ``decode_dataset`` is cached by the dataset's
+is cached by the archive's expected checksum (a local source without one is hashed afresh at
+every run, uncached); ``decode_dataset`` is cached by the dataset's
 fingerprint. Both caches are trusted only while the files behind them are intact. The work
 itself lives in the modules beside this one: ``config`` (what to fetch), ``fetching`` and
-``transfer`` (getting verified bytes), ``archive`` and ``inflate`` (reading untrusted archives),
+``transfer`` (getting verified bytes), ``published`` (``dataset.sha256_url``), ``archive`` and ``inflate`` (reading untrusted archives),
 ``formats`` and ``image_folder`` (the decoders), ``decode`` (the cache build).
 """
 
@@ -13,16 +14,17 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from tasks.core.caching import VerifiedCache, retry_only_on
 from tasks.core.datacache import DatasetRecord, cache_problems
 from tasks.core.hashing import code_fingerprint, stable_hash
-from tasks.download import config, fetching
-from tasks.download.config import DatasetConfig, expected_for, local_path, sources_for
+from tasks.download import config, fetching, published
+from tasks.download.config import DatasetConfig, expected_for
 from tasks.download.decode import dataset_dir, dataset_fingerprint, decode_and_cache
 from tasks.download.errors import TransientDownloadError
-from tasks.download.fetching import ArchiveRecord, cached_archive, hash_local
+from tasks.download.fetching import ArchiveRecord, cached_archive
 
 # What decides the fetched record (where the archive lands, what it must hash to, which source
 # gives it): the sources and the fetch; the transfer only moves bytes that fetch then verifies.
@@ -34,19 +36,19 @@ def retry_options(cfg: DatasetConfig, backoff_factor: float = 2.0) -> dict[str, 
     return {"retries": cfg.retries, "retry_delay_seconds": exponential_backoff(backoff_factor)(max(cfg.retries, 1))}
 
 
-def _fetch_key(inputs: dict[str, Any]) -> str:
+def _fetch_key(inputs: dict[str, Any]) -> str | None:
+    """The expected checksum (configured, published or built in); None -- no Prefect cache --
+    for a local file or folder without one: it is hashed in full at every run anyway (the
+    record is its hash), and the decode, keyed by that hash, is what a rerun skips."""
     cfg: DatasetConfig = inputs["cfg"]
     exp = expected_for(cfg)
-    if exp.known:
-        content = [exp.sha256, exp.md5, exp.size]
-    else:  # a local file or folder without a configured checksum: its content hash
-        path = local_path(sources_for(cfg)[0])
-        content = [hash_local(path, inputs["data_dir"]).sha256] if path is not None and path.exists() else [None]
-    return stable_hash("fetch", cfg.format, content, FETCH_CODE_VERSION)
+    if not exp.known:
+        return None
+    return stable_hash("fetch", cfg.format, [exp.sha256, exp.md5, exp.size], FETCH_CODE_VERSION)
 
 
-def _fetch_valid(inputs: dict[str, Any], key: str) -> bool:
-    return cached_archive(inputs["cfg"], inputs["data_dir"]) is not None
+def _fetch_valid(inputs: dict[str, Any], key: str | None) -> bool:
+    return key is None or cached_archive(inputs["cfg"], inputs["data_dir"]) is not None
 
 
 def _decode_key(inputs: dict[str, Any]) -> str:
@@ -69,6 +71,19 @@ def _decode_valid(inputs: dict[str, Any], key: str) -> bool:
 def fetch_archive(cfg: DatasetConfig, data_dir: str) -> ArchiveRecord:
     """Download (or find) and verify the archive; retried with backoff on network errors."""
     return fetching.fetch(cfg, data_dir)
+
+
+@task(
+    name="follow-checksum",
+    retries=4,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_only_on(TransientDownloadError),
+    cache_policy=NO_CACHE,  # the point is to read the published file at every run
+)
+def follow_checksum(cfg: DatasetConfig) -> DatasetConfig:
+    """``dataset.sha256_url``: read the published checksum; the config pinned to it (see published)."""
+    return published.follow(cfg)
 
 
 @task(

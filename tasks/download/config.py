@@ -36,6 +36,9 @@ class DatasetConfig:
     source: str | None = None  # https URL, file:// URL or local path; None = the official URL
     mirrors: list[str] = field(default_factory=list)
     sha256: str | None = None
+    # A published checksum to follow instead of a pinned one: a small ``.sha256`` file beside the
+    # archive (``<hex>  <name>`` lines, as sha256sum writes them), read at every run.
+    sha256_url: str | None = None
     md5: str | None = None
     limit_train: int | None = None  # seeded, class-balanced subset
     limit_test: int | None = None
@@ -51,6 +54,9 @@ class DatasetConfig:
         if self.format == "image-folder" and not self.source:
             out.append(("source", "image-folder needs a source: a folder or a .tar/.tar.gz/.zip"))
         out += self._network_sources_without_checksum()
+        if self.sha256_url and self.sha256:
+            out.append(("sha256_url", "set dataset.sha256 (a pinned checksum) or dataset.sha256_url (a "
+                                      "published one to follow), not both"))
         if self.sha256 is not None and not _is_hex(self.sha256, 64):
             out.append(("sha256", f"{self.sha256!r} is not 64 hex digits"))
         if self.md5 is not None and not _is_hex(self.md5, 32):
@@ -68,7 +74,7 @@ class DatasetConfig:
 
     def _network_sources_without_checksum(self) -> list[tuple[str, str]]:
         """The first non-official http(s) source, when there is no checksum to verify it by."""
-        if self.sha256 or self.md5:
+        if self.sha256 or self.md5 or self.sha256_url:
             return []
         official = OFFICIAL.get(self.format, {}).get("url")
         named = [("source", self.source)] + [(f"mirrors[{i}]", m) for i, m in enumerate(self.mirrors)]

@@ -25,7 +25,7 @@ from tasks.core.datacache import (
     write_dataset_cache,
 )
 from tasks.core.files import file_lock, read_json
-from tasks.core.hashing import code_fingerprint, hash_file, stable_hash
+from tasks.core.hashing import code_fingerprint, hash_file, hash_tree, stable_hash
 from tasks.download import formats, image_folder
 from tasks.download.config import DatasetConfig
 from tasks.download.errors import ChecksumError, DatasetFormatError
@@ -102,6 +102,9 @@ def _decode_verified(archive: ArchiveRecord, cfg: DatasetConfig, notes: dict) ->
                 f"{src} changed since it was verified: sha256 {actual}, expected "
                 f"{archive.sha256}. Nothing was cached. Delete the file and run again to "
                 "fetch it anew.")
+    elif src.is_dir() and hash_tree(src).sha256 != archive.sha256:  # changed while it was decoded
+        raise ChecksumError(f"{src} changed while it was decoded (files added, removed or rewritten "
+                            "since the download stage hashed it). Nothing was cached; run again.")
     return arrays
 
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from tasks.core import runs
 from tasks.core.hashing import stable_hash, to_jsonable
+from tasks.report.changes import changes_since_champion
 from tasks.report.config import ReportConfig
+from tasks.report.links import flow_run_url
 from tasks.report.plots import (
     data_uri,
     missing_glyphs,
@@ -113,6 +115,9 @@ def headline(meta: dict[str, Any], metrics: dict[str, Any], artifacts_dir: Path)
         if not run_id:
             return None
         value = runs.metric_of(runs.run_dir(artifacts_dir, pipeline, run_id), "test_accuracy")
+        rescored = promo.get("champion_rescored") or {}
+        if run_key == "champion_before" and rescored.get("test_accuracy") is not None:
+            value = float(rescored["test_accuracy"])  # on this run's test images, as compared
         if value is None and metric == "test_accuracy" and promo.get(value_key) is not None:
             value = float(promo[value_key])
         return {"run_id": run_id, "accuracy": value,
@@ -322,7 +327,9 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
         "cache_keys": meta.get("cache_keys") or {},
         "files": meta.get("files") or {},
         "flow_run_id": meta.get("flow_run_id"),
+        "flow_run_url": flow_run_url(meta.get("flow_run_id")),  # its page in Prefect's UI, on a server
         "index_href": runs.index_href(),
+        "changes": changes_since_champion(meta, artifacts_dir),
     }
 
 

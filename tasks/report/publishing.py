@@ -1,13 +1,27 @@
-"""The report in Prefect's UI: a markdown artifact with the headline numbers and a link artifact
-to the report file (Prefect has no HTML artifact), published only inside a flow or task run."""
+"""The report in Prefect's UI, published only inside a flow or task run: a markdown artifact
+with the headline numbers; table artifacts of the per-class metrics, the validation checks and
+the pipeline's runs (the champion marked); and link artifacts to the report and the index
+(Prefect has no HTML artifact). The links are ``file://`` ones unless ``CIFAR_REPORTS_URL``
+names a `cifar reports` server (browsers block ``file://`` links on the UI's ``http://`` page).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from tasks.core import runs
+from tasks.core.errors import CifarError
 from tasks.report.context import headline
+
+REPORTS_URL = "CIFAR_REPORTS_URL"  # e.g. http://127.0.0.1:8765, where `cifar reports` serves artifacts_dir
+
+
+class ReportsUrlError(CifarError):
+    pass
 
 
 def artifact_key(*parts: str) -> str:
@@ -40,19 +54,85 @@ def headline_markdown(meta: dict[str, Any], metrics: dict[str, Any], head: dict[
     return "\n".join(lines) + "\n"
 
 
+def reports_url(environ: dict[str, str] | None = None) -> str | None:
+    """The `cifar reports` server the links point at (``CIFAR_REPORTS_URL``), without a trailing
+    slash; None when unset. Anything but an http(s) address with a host is refused by name."""
+    raw = (os.environ if environ is None else environ).get(REPORTS_URL, "").strip()
+    if not raw:
+        return None
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ReportsUrlError(f"{REPORTS_URL}={raw!r} is not the address of a reports server; set it to "
+                              "what `cifar reports` prints, e.g. http://127.0.0.1:8765, or unset it for "
+                              "file:// links")
+    return raw.rstrip("/")
+
+
+def report_link(report: Path, artifacts_dir: Path, meta: dict[str, Any], base: str | None) -> str:
+    """The report's address: on the reports server when ``base`` is set, else its file URI."""
+    if base is None:
+        return report.as_uri()
+    return f"{base}/{runs.report_href(meta.get('pipeline', ''), meta.get('run_id', ''))}"
+
+
+def per_class_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per class: precision, recall, accuracy (rounded to 4 places) and support."""
+    def r(v: Any) -> float | None:
+        return None if v is None else round(float(v), 4)
+
+    return [{"class": row.get("class"), "precision": r(row.get("precision")), "recall": r(row.get("recall")),
+             "accuracy": r(row.get("accuracy")), "support": row.get("support")}
+            for row in metrics.get("per_class") or []]
+
+
+def checks_table(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The validation checks the run's data passed (or not), as the prepare stage wrote them."""
+    return [{"check": c.get("name"), "passed": bool(c.get("passed")), "detail": c.get("detail", "")}
+            for c in ((meta.get("validation") or {}).get("checks") or [])]
+
+
+def runs_table(artifacts_dir: Path, pipeline: str, current: str | None = None,
+               base: str | None = None) -> list[dict[str, Any]]:
+    """The pipeline's runs, newest first: the champion marked, this run marked, the report's
+    address on the reports server when there is one."""
+    rows = []
+    for run in reversed(runs.pipeline_runs(runs.pipeline_dir(artifacts_dir, pipeline))):
+        acc = run.metrics.get("test_accuracy")
+        row = {"run": run.run_id, "created": str(run.metadata.get("created_at") or "")[:19],
+               "test_accuracy": None if acc is None else round(float(acc), 4),
+               "champion": "★ champion" if run.champion else "",
+               "this run": "◀" if run.run_id == current else ""}
+        if base:
+            row["report"] = f"{base}/{runs.report_href(pipeline, run.run_id)}"
+        rows.append(row)
+    return rows
+
+
 def publish_artifacts(meta: dict[str, Any], metrics: dict[str, Any], report: Path,
                       artifacts_dir: Path) -> None:
-    """Markdown (headline) and link (report file) artifacts, when inside a Prefect run."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+    """Markdown (headline), tables (per class, checks, runs) and links (report, index), when
+    inside a Prefect run."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext, TaskRunContext
 
     if FlowRunContext.get() is None and TaskRunContext.get() is None:
         return
-    pipeline = meta.get("pipeline", "")
+    pipeline, run_id = meta.get("pipeline", ""), meta.get("run_id")
+    base = reports_url()
     head = headline(meta, metrics, artifacts_dir)
     create_markdown_artifact(key=artifact_key("report", pipeline),
                              markdown=headline_markdown(meta, metrics, head, report),
-                             description=f"Headline metrics of run {meta.get('run_id')}")
-    create_link_artifact(key=artifact_key("report-link", pipeline), link=report.as_uri(),
-                         link_text=f"report {pipeline} {meta.get('run_id')}",
-                         description="The run's HTML report (a local file)")
+                             description=f"Headline metrics of run {run_id}")
+    create_table_artifact(key=artifact_key("per-class", pipeline), table=per_class_table(metrics),
+                          description=f"Per-class test metrics of run {run_id}")
+    create_table_artifact(key=artifact_key("validation", pipeline), table=checks_table(meta),
+                          description=f"The data checks of run {run_id}")
+    create_table_artifact(key=artifact_key("runs", pipeline), table=runs_table(artifacts_dir, pipeline, run_id, base),
+                          description=f"Every run of {pipeline}, newest first, the champion marked")
+    create_link_artifact(key=artifact_key("report-link", pipeline), link=report_link(report, artifacts_dir, meta, base),
+                         link_text=f"report {pipeline} {run_id}",
+                         description=("The run's HTML report, on the reports server" if base
+                                      else "The run's HTML report (a local file; `cifar reports` serves it over HTTP)"))
+    if base:
+        create_link_artifact(key=artifact_key("index-link"), link=f"{base}/{runs.INDEX}",
+                             link_text="every run of every pipeline", description="artifacts/index.html")

@@ -17,7 +17,7 @@ from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_text
 from tasks.core.hashing import code_fingerprint
 from tasks.core.logs import get_logger
-from tasks.report import context, plots
+from tasks.report import changes, context, plots
 from tasks.report.config import ReportConfig
 from tasks.report.context import build_index_context, build_report_context
 from tasks.report.plots import parse_time
@@ -73,7 +73,7 @@ def _fmt_when(s: str) -> str:
 def template_version() -> str:
     """The code and templates that decide the pages (plots, context, rendering, the run layout
     they read, every template byte): the code part of the report's cache key."""
-    return code_fingerprint(plots, context, sys.modules[__name__], runs, *sorted(TEMPLATES.glob("*.j2")))
+    return code_fingerprint(plots, context, changes, sys.modules[__name__], runs, *sorted(TEMPLATES.glob("*.j2")))
 
 
 def _load_test_images(meta: dict[str, Any]):

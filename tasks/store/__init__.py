@@ -41,6 +41,7 @@ def save_run(
     stages: dict[str, Any],
     flow_run_id: str | None,
     artifacts_dir: str,
+    context: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Stage 4: save the trained model as a run, register it, promote it or not (see store_run)."""
-    return store_run(pipeline, dataset, validation, trained, stages, flow_run_id, artifacts_dir)
+    return store_run(pipeline, dataset, validation, trained, stages, flow_run_id, artifacts_dir, context)

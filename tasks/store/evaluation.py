@@ -159,3 +159,22 @@ def evaluation_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]
         "classes": list(classes),
         **per_class_metrics(y_true, y_pred, len(classes), classes),
     }
+
+
+def savedmodel_metrics(savedmodel_dir, x: np.ndarray, y_true: np.ndarray, classes: list[str],
+                       tta: str = "off", batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+    """metrics.json of a published run's serving SavedModel (raw uint8 in, its own preprocessing
+    inside) on other test images: how a champion is re-scored on a new test split, no retraining.
+    ``tta``: the views the run was scored with (averaged as ``predict_views`` does)."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(savedmodel_dir)).signatures["serving_default"]
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = np.asarray(x[i:i + batch_size])
+        logp = sum(wt * np.log(np.maximum(serve(images=tf.constant(np.ascontiguousarray(view)))["probabilities"]
+                                          .numpy().astype(np.float64), 1e-30))
+                   for wt, view in tta_views(xb, tta))
+        out.append(_softmax(logp))
+    probs = np.concatenate(out) if out else np.zeros((0, len(classes)), np.float32)
+    return evaluation_metrics(np.asarray(y_true, dtype=np.int64), probs, list(classes))

@@ -71,6 +71,11 @@ def decide_promotion(
         }
     champ = float(champion["value"])
     delta = value - champ if cfg.direction == "max" else champ - value
+    rescored = champion.get("rescored") or {}
+    if rescored:  # both numbers: on this run's test images, and the one it was promoted with
+        out["champion_rescored"] = rescored
+    on = (f" on the new test split ({rescored['images']:,} images; {_fmt(float(rescored['recorded']))} "
+          "on its own)") if rescored.get("recorded") is not None else ""
     better = "higher" if cfg.direction == "max" else "lower"
     if cfg.min_delta > 0:
         promoted = delta >= cfg.min_delta - _TOL
@@ -78,13 +83,13 @@ def decide_promotion(
         promoted = delta > _TOL
     if promoted:
         reason = (
-            f"{metric} {_fmt(value)} beats champion {_fmt(champ)} by {_fmt(delta)} "
+            f"{metric} {_fmt(value)} beats champion {_fmt(champ)}{on} by {_fmt(delta)} "
             f">= min_delta {cfg.min_delta:g} ({better} is better)"
         )
     else:
         need = f"by min_delta {cfg.min_delta:g}" if cfg.min_delta > 0 else "(a tie is not enough)"
         reason = (
-            f"{metric} {_fmt(value)} does not beat champion {_fmt(champ)} {need} "
+            f"{metric} {_fmt(value)} does not beat champion {_fmt(champ)}{on} {need} "
             f"(improvement {_fmt(delta)}, {better} is better): kept as a run, champion stays {champion['run_id']}"
         )
     return {**out, "promoted": bool(promoted), "reason": lead + reason}
@@ -168,3 +173,36 @@ def previous_run(pipeline_folder: Path, metric: str) -> dict[str, Any] | None:
         return None
     latest = earlier[-1]
     return {"run_id": latest.run_id, "value": runs.metric_of(latest.dir, metric)}
+
+
+def on_test_split(champion: dict[str, Any], pipeline_folder: Path, data, test_split: str,
+                  cfg: PromoteConfig) -> dict[str, Any]:
+    """The champion, judged on the challenger's test images: as it is when it was scored on the
+    same test split; else re-scored on ``data``'s (its SavedModel, no retraining, with the views
+    it was scored with) and returned with ``value`` replaced and ``rescored`` saying how
+    (``recorded``: the value it was promoted with). A champion trained on other classes cannot
+    be scored on these images: returned as is, with ``rescored.skipped`` saying why."""
+    from tasks.store.evaluation import savedmodel_metrics, tta_of
+
+    by_id = {r.run_id: r for r in runs.pipeline_runs(pipeline_folder)}
+    run = by_id.get(str(champion.get("run_id")))
+    if run is None:
+        return champion
+    dataset = run.metadata.get("dataset") or {}
+    if dataset.get("test_split") == test_split:
+        return champion
+    classes = list(data.classes)
+    if list(dataset.get("classes") or []) != classes:
+        why = (f"champion {run.run_id} was trained on classes {dataset.get('classes')}, this run on "
+               f"{classes}: compared by its recorded {cfg.metric}")
+        return {**champion, "rescored": {"skipped": why}}
+    if not (run.dir / "savedmodel" / "saved_model.pb").is_file():
+        return {**champion, "rescored": {"skipped": f"champion {run.run_id} has no SavedModel to re-score: "
+                                                    f"compared by its recorded {cfg.metric}"}}
+    metrics = savedmodel_metrics(run.dir / "savedmodel", data.x_test, data.y_test, classes,
+                                 tta_of(run.metadata.get("training") or {}))
+    value = metrics.get(cfg.metric)
+    return {**champion, "value": value, "rescored": {
+        "recorded": champion.get("value"), "value": value, "metric": cfg.metric,
+        "images": int(metrics["test_size"]), "test_split": test_split,
+        "test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}}

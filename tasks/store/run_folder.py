@@ -18,7 +18,7 @@ import numpy as np
 
 from tasks.core import runs
 from tasks.core.files import atomic_write_json, atomic_write_text
-from tasks.core.hashing import hash_file, hash_tree, to_jsonable
+from tasks.core.hashing import hash_file, hash_tree, stable_hash, to_jsonable
 from tasks.store import export
 
 # The files whose sha256 metadata.json records (plus the SavedModel folder's tree hash).
@@ -82,6 +82,13 @@ def _versions() -> dict[str, str]:
         "prefect": prefect.__version__,
         "numpy": np.__version__,
     }
+
+
+def eval_split_hash(manifest: dict[str, Any]) -> str:
+    """The test split's identity: its images' and labels' sha256 (from the dataset cache's
+    manifest) and the class names. Two runs with the same one were scored on the same images."""
+    files = manifest.get("files") or {}
+    return stable_hash("test-split", files.get("x_test.npy"), files.get("y_test.npy"), manifest.get("classes"))
 
 
 def write_run_files(folder: Path, model, data, y_true: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],

@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class RunRecord:
     test_accuracy: float
     promoted: bool
     reason: str
+    # an earlier run already held this model: nothing new was saved (not part of which run it is)
+    reused: bool = field(default=False, compare=False)
 
 
 class ModelIntegrityError(CifarError):
@@ -111,15 +113,20 @@ def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
         dataset.content or dataset.fingerprint,
         pipeline["name"],
         pipeline.get("promote"),
-        code_fingerprint(evaluation, pixels, run_folder, export, promotion, sys.modules[__name__], runs),
+        store_code_version(),
     )
+
+
+def store_code_version() -> str:
+    """The behaviour of the code that decides a run folder's content (part of the store key)."""
+    return code_fingerprint(evaluation, pixels, run_folder, export, promotion, sys.modules[__name__], runs)
 
 
 def _float(value: Any) -> float:
     return float("nan") if value is None else float(value)  # metrics.json holds null for NaN
 
 
-def _run_record(run_dir: Path, meta: dict[str, Any]) -> RunRecord:
+def _run_record(run_dir: Path, meta: dict[str, Any], reused: bool = False) -> RunRecord:
     promo = meta.get("promotion") or {}
     return RunRecord(
         pipeline=meta["pipeline"],
@@ -128,6 +135,7 @@ def _run_record(run_dir: Path, meta: dict[str, Any]) -> RunRecord:
         test_accuracy=_float(read_json(run_dir / runs.METRICS)["test_accuracy"]),
         promoted=bool(promo.get("promoted")),
         reason=str(promo.get("reason", "")),
+        reused=reused,
     )
 
 
@@ -170,8 +178,8 @@ def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset):
 
 
 def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: float, cfg: PromoteConfig,
-             keep_last: int | None, started: float,
-             refused: str | None = None) -> tuple[dict[str, Any], Path, list[str]]:
+             keep_last: int | None, started: float, refused: str | None = None,
+             data=None) -> tuple[dict[str, Any], Path, list[str]]:
     """Decide the promotion, write metadata.json, rename the folder into place, update the
     registry and the store-key mapping, prune: one critical section per pipeline.
     An unreadable registry.json is rebuilt, and a broken champion replaced by the run that stands
@@ -191,6 +199,8 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
             get_logger().warning("%s: %s", meta["pipeline"], note)
             registry["champion"] = champion  # the registry names the champion actually judged against
         previous = promotion.previous_run(pipeline_dir, cfg.metric)
+        if champion is not None and data is not None:  # the same test images for both, or re-scored
+            champion = promotion.on_test_split(champion, pipeline_dir, data, meta["dataset"]["test_split"], cfg)
         decision = promotion.decide_promotion(value, champion, previous, cfg, refused=refused, note=note)
         meta["promotion"] = decision
         meta["stages"]["save"] = {"seconds": round(time.perf_counter() - started, 3), "cache_hit": False}
@@ -226,8 +236,11 @@ def store_run(
     stages: dict[str, Any],
     flow_run_id: str | None,
     artifacts_dir: str | os.PathLike,
+    context: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Evaluate the trained model, publish its run folder, update the registry, prune.
+    ``context``: more of metadata.json, from the flow (``trigger``: who started the run and with
+    which seed; ``code``: each stage's code version, for the report's "what changed").
 
     Idempotent: a run already saved for the same content key is returned as it is."""
     started = time.perf_counter()
@@ -244,7 +257,7 @@ def store_run(
         found = existing_run(pdir, key)
         if found is not None:
             log.info("run %s already holds this model (store key %s): reusing it", found.name, key)
-            return _run_record(found, read_json(found / runs.METADATA))
+            return _run_record(found, read_json(found / runs.METADATA), reused=True)
 
         tdir, train_json, history = _read_train_outputs(trained)
         now = datetime.now(timezone.utc)
@@ -264,9 +277,11 @@ def store_run(
                 cache_keys={"dataset": dataset.fingerprint, "validation": getattr(validation, "fingerprint", None),
                             "train": trained.key, "store": key},
             )
+            meta.update(context or {})
+            meta["dataset"]["test_split"] = run_folder.eval_split_hash(data.manifest)
             decision, final, removed = _publish(tmp, pdir, meta, metrics[cfg.metric], cfg,
                                                 pipeline.get("keep_last"), started,
-                                                refused=promotion.training_problem(history))
+                                                refused=promotion.training_problem(history), data=data)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -5,7 +5,8 @@ precision + XLA by default on a GPU), ``tf.distribute`` strategies, resumable
 
 Where things are: settings and records in ``config``, model builders in ``models``, the input
 pipeline in ``inputs``, devices and strategies in ``devices``, the fit in ``fit``, epoch progress
-in ``progress``, the model folder in ``model_folder``, one training per key in ``run``. This
+in ``progress``, the model folder in ``model_folder``, one training per key in ``run``, one training
+per device in ``slots`` (a Prefect global concurrency limit), TensorBoard logs in ``board``. This
 module holds the Prefect task.
 """
 
@@ -37,6 +38,8 @@ def _task_valid(inputs: dict[str, Any], key: str) -> bool:
 @task(name="train_model", retries=1, cache_policy=VerifiedCache(key_fn=_task_key, valid_fn=_task_valid),
       persist_result=True, timeout_seconds=None)
 def train_model(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
-                prepare: PrepareSettings, data_dir: str, force: bool = False) -> TrainRecord:
-    """Train (or reuse) ``model`` on ``dataset``; a retry resumes from the epoch backup."""
-    return run_training(dataset, validation, model, cfg, prepare, data_dir, force=force)
+                prepare: PrepareSettings, data_dir: str, force: bool = False,
+                slots: int | None = None) -> TrainRecord:
+    """Train (or reuse) ``model`` on ``dataset``; a retry resumes from the epoch backup. The fit
+    waits for a slot of this machine's training limit (``slots`` when it is created)."""
+    return run_training(dataset, validation, model, cfg, prepare, data_dir, force=force, slots=slots)

@@ -94,6 +94,39 @@ def worker_role(strategy: str) -> tuple[bool, str]:
     return chief, f"{kind}-{index}"
 
 
+def allow_memory_growth() -> list[str]:
+    """Let every visible GPU's memory grow as needed instead of TensorFlow taking nearly all of it
+    at start (so downloads, scoring or a waiting process can still use the device). Call before
+    anything touches the GPUs; returns the GPUs set (none on a CPU machine)."""
+    import tensorflow as tf
+
+    done = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+            done.append(gpu.name)
+        except RuntimeError:  # this process already initialised the device: the setting stands as it is
+            pass
+    return done
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def local_workers(conf: dict[str, Any] | None, hostnames: tuple[str, ...] = ()) -> int:
+    """How many processes of TF_CONFIG's cluster run on this machine: its loopback addresses
+    or ``hostnames`` (this machine's names). Each of them takes a training slot here."""
+    if not conf:
+        return 1
+    hosts = {h.lower() for h in (*LOCAL_HOSTS, *hostnames)}
+    n = 0
+    for kind in ("chief", "worker"):
+        for address in (conf.get("cluster") or {}).get(kind) or []:
+            if str(address).rsplit(":", 1)[0].lower() in hosts:
+                n += 1
+    return max(n, 1)
+
+
 def make_strategy(runtime: Runtime):
     """The ``tf.distribute`` strategy for ``runtime``. Call it before anything else touches
     TensorFlow's devices: a multi-worker strategy must configure TF before it starts."""

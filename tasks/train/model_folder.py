@@ -2,8 +2,9 @@
 
 Folder layout under ``<data_dir>/models/``::
 
-    <key>/            model.keras, history.json, train.json (written last: the commit point)
-    <key>.work/       backup/ (BackupAndRestore) and history.json (per-epoch rows so far);
+    <key>/            model.keras, history.json, tensorboard/, train.json (written last: the commit point)
+    <key>.work/       backup/ (BackupAndRestore), history.json (per-epoch rows so far) and
+                      tensorboard/ (the event files so far);
                       derived from the key, not the run id, so any later run resumes it
     <key>.lock        flock: one training per key at a time; the kernel drops it on kill -9
 """
@@ -76,6 +77,10 @@ def commit_model(out: Path, work: Path, model, rows: list[dict[str, Any]],
     (out / "train.json").unlink(missing_ok=True)  # uncommitted while it is being rewritten
     save_model_atomically(model, out / "model.keras")
     atomic_write_json(out / "history.json", {"epochs": rows})
+    logs = work / "tensorboard"  # the TensorBoard event files (tasks.train.board), when written
+    if logs.is_dir():
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        os.rename(logs, out / "tensorboard")
     seconds = sum(r["seconds"] for r in rows)
     meta = {
         **run_facts,

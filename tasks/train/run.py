@@ -10,6 +10,7 @@ never counts (see ``tasks.core.hashing.code_fingerprint``); this module and the 
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 
 from tasks.core import pixels
@@ -17,16 +18,26 @@ from tasks.core.datacache import DatasetRecord
 from tasks.core.files import file_lock
 from tasks.core.hashing import code_fingerprint, stable_hash, to_jsonable
 from tasks.core.logs import get_logger
-from tasks.train import airbench, devices, fit, inputs, model_folder, models, progress, recipe
+from tasks.train import airbench, board, devices, fit, inputs, model_folder, models, progress, recipe
 from tasks.train.config import TrainingConfig, TrainRecord
-from tasks.train.devices import make_strategy, precision_policy, resolve_runtime, strategy_devices, worker_role
+from tasks.train.devices import (
+    allow_memory_growth,
+    local_workers,
+    make_strategy,
+    precision_policy,
+    read_tf_config,
+    resolve_runtime,
+    strategy_devices,
+    worker_role,
+)
 from tasks.train.fit import fit_model
 from tasks.train.inputs import PrepareSettings, preprocess_stats
 from tasks.train.model_folder import commit_model, lock_path, model_dir, trained_problems, work_dir
 from tasks.train.models import MODELS, build_model
 from tasks.train.progress import EpochTracker
+from tasks.train.slots import training_slot
 
-TRAINING_CODE = (models, airbench, recipe, inputs, fit, devices, progress, model_folder, pixels)
+TRAINING_CODE = (models, airbench, recipe, inputs, fit, devices, progress, model_folder, board, pixels)
 
 
 def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
@@ -40,13 +51,15 @@ def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfi
 
 def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
                  prepare: PrepareSettings, data_dir, force: bool = False,
-                 extra_callbacks: tuple = ()) -> TrainRecord:
+                 extra_callbacks: tuple = (), slots: int | None = None) -> TrainRecord:
     """Train ``model`` on the cached dataset unless an intact result for the same key exists.
 
     Idempotent and single-flight: a verified ``<data_dir>/models/<key>/`` returns at once; else
     the key's file lock is taken, the folder re-checked (a concurrent run may just have written
     it), and training runs, resuming from ``<key>.work/backup`` if a killed run left one.
     ``force`` retrains from scratch. ``extra_callbacks`` are appended to Keras's list.
+    The fit itself runs inside a slot of this machine's training limit (``tasks.train.slots``,
+    ``slots`` of them when it is first created): a reused model never waits for one.
     """
     key = train_key(dataset, validation, model, cfg, prepare)
     out = model_dir(data_dir, key)
@@ -56,10 +69,15 @@ def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingCo
     if not force and not trained_problems(out):
         log.info("model %s (%s) already trained: reusing %s", model, key, out)
         return TrainRecord(key=key, path=str(out))
-    chief, role = worker_role(resolve_runtime(cfg, 0).strategy)
+    strategy = resolve_runtime(cfg, 0).strategy
+    chief, role = worker_role(strategy)
+    # each process of a multi-worker cluster on this machine holds a slot of its own
+    here = local_workers(read_tf_config(), (socket.gethostname(),)) if strategy == "multi_worker" else 1
+    what = f"training of {model} ({key})"
     if not chief:  # multi-worker: the chief holds the lock and writes; others just take part
-        train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=False,
-                         role=role, extra_callbacks=extra_callbacks)
+        with training_slot(slots, what, here):
+            train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=False,
+                             role=role, extra_callbacks=extra_callbacks)
         return TrainRecord(key=key, path=str(out))
     with file_lock(lock_path(data_dir, key), what=f"training of {model} ({key})"):
         if not force and not trained_problems(out):
@@ -67,8 +85,9 @@ def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingCo
             return TrainRecord(key=key, path=str(out))
         if force:
             shutil.rmtree(work_dir(data_dir, key), ignore_errors=True)
-        train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=True,
-                         role=role, extra_callbacks=extra_callbacks)
+        with training_slot(slots, what, here):
+            train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=True,
+                             role=role, extra_callbacks=extra_callbacks)
     return TrainRecord(key=key, path=str(out))
 
 
@@ -79,6 +98,7 @@ def train_and_commit(dataset: DatasetRecord, validation, model_name: str, cfg: T
     commits the model folder, a non-chief worker drops its own backup."""
     import tensorflow as tf
 
+    allow_memory_growth()  # before the strategy (or anything) initialises the GPUs
     gpus = len(tf.config.list_physical_devices("GPU"))
     runtime = resolve_runtime(cfg, gpus)
     strategy = make_strategy(runtime)  # first: multi-worker must configure TF before it starts
@@ -96,6 +116,8 @@ def train_and_commit(dataset: DatasetRecord, validation, model_name: str, cfg: T
     callbacks = [tracker.recorder,
                  keras.callbacks.BackupAndRestore(backup_dir=str(backup), double_checkpoint=True),
                  tracker.announcer, *extra_callbacks]
+    if chief:  # live curves: the chief's alone (the others train the same model)
+        callbacks.append(board.tensorboard_callback(work / board.TENSORBOARD))
     devices_used = strategy_devices(strategy, runtime)
     log.info("training %s (%s): %d epochs, batch %d, %s on %s, %s, XLA %s", model_name, key,
              cfg.epochs, cfg.batch_size, runtime.strategy, ", ".join(devices_used), runtime.precision,
@@ -113,6 +135,7 @@ def train_and_commit(dataset: DatasetRecord, validation, model_name: str, cfg: T
             "wall_seconds_this_run": round(wall, 3),
             "devices": devices_used,
             "replicas": strategy.num_replicas_in_sync,
+            "cluster": (read_tf_config() or {}).get("cluster") if runtime.strategy == "multi_worker" else None,
             "strategy": runtime.strategy,
             "precision": runtime.precision,
             "xla": runtime.xla,

@@ -1,0 +1,163 @@
+"""What a run of flow ``cifar`` tells the world when it ends: whether it found anything new, a
+markdown artifact saying so, and Prefect events an automation can act on.
+
+Events (resource ``cifar.pipeline.<name>``; labels ``cifar.pipeline``, ``cifar.run-id``,
+``cifar.metric`` and ``cifar.metric-value``; the flow run as a related resource):
+
+    cifar.run.completed       every run that ended Completed (trained or not)
+    cifar.model.promoted      the run's model became the pipeline's champion
+    cifar.run.nothing-changed the run found the data, config and code of an earlier run: it
+                              trained nothing and saved nothing new
+    cifar.run.failed          the flow run failed or crashed (``on_failure`` / ``on_crashed`` hooks)
+
+``automations/`` holds the automation that notifies on ``cifar.run.failed`` and
+``cifar.model.promoted``; its README says how to install it on a server.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from tasks.core.logs import get_logger
+
+EVENTS = ("cifar.run.completed", "cifar.model.promoted", "cifar.run.nothing-changed", "cifar.run.failed")
+
+
+# --------------------------------------------------------------------------- retrain: always
+def scheduled_seed(schedule, scheduled: bool) -> int | None:
+    """A fresh training seed for a run the deployment's schedule started when the pipeline says
+    ``schedule.retrain: always``; None otherwise (manual runs, ``cifar run`` and ``on-change``
+    keep the configured seed, so the same inputs never train twice)."""
+    if not scheduled or schedule is None or schedule.retrain != "always":
+        return None
+    return secrets.randbelow(2**31)
+
+
+def trigger_record(scheduled: bool, schedule, seed: int | None, configured_seed: int) -> dict[str, Any]:
+    """metadata.json's ``trigger``: who started the run and which seed it trained with, and why."""
+    return {
+        "scheduled": bool(scheduled),
+        "retrain": schedule.retrain if schedule is not None else None,
+        "seed": configured_seed if seed is None else seed,
+        "seed_source": "fresh (schedule.retrain: always)" if seed is not None else "training.seed",
+    }
+
+
+# --------------------------------------------------------------------------- nothing changed
+def nothing_changed(run, stage_times: dict[str, dict[str, Any]]) -> bool:
+    """True when the save stage found a run already saved for this content key (the trained
+    model's key and sha256, the dataset's content, the pipeline, the promotion rule and the
+    code): data, config and code are those of an earlier run, and nothing new was trained."""
+    return bool(getattr(run, "reused", False) or (stage_times.get("save") or {}).get("cache_hit"))
+
+
+def champion_of(artifacts_dir: str, pipeline: str) -> str | None:
+    from tasks.core import runs
+
+    registry, _ = runs.load_registry(runs.pipeline_dir(artifacts_dir, pipeline))
+    return (registry.get("champion") or {}).get("run_id")
+
+
+def nothing_changed_message(run_id: str, champion: str | None) -> str:
+    return (f"nothing changed since run {run_id} (data, config, code); "
+            f"champion {champion or '(none)'}")
+
+
+def outcome_markdown(summary: dict[str, Any]) -> str:
+    """The run's outcome for Prefect's UI: what happened, and the numbers behind it."""
+    lines = [f"### {summary['pipeline']}: {summary['outcome']}", "", summary["message"], "",
+             "| | |", "|---|---|",
+             f"| Run | `{summary['run_id']}` |",
+             f"| Test accuracy | {summary['test_accuracy']:.4f} |",
+             f"| Promoted | {'yes' if summary['promoted'] else 'no'}: {summary['promotion_reason']} |",
+             f"| Champion | `{summary.get('champion') or '(none)'}` |"]
+    trigger = summary.get("trigger") or {}
+    if trigger:
+        lines.append(f"| Trigger | {'schedule' if trigger.get('scheduled') else 'manual'}; "
+                     f"seed {trigger.get('seed')} ({trigger.get('seed_source')}) |")
+    lines.append(f"| Report | `{summary['report']}` |")
+    return "\n".join(line.replace("\n", " ") for line in lines) + "\n"
+
+
+# --------------------------------------------------------------------------- events
+def _resource(pipeline: str, run_id: str | None, metric: str | None, value: float | None) -> dict[str, str]:
+    resource = {"prefect.resource.id": f"cifar.pipeline.{pipeline}", "prefect.resource.name": pipeline,
+                "cifar.pipeline": pipeline, "cifar.run-id": run_id or ""}
+    if metric:
+        resource["cifar.metric"] = metric
+        resource["cifar.metric-value"] = "" if value is None else f"{value:.6g}"
+    return resource
+
+
+def emit(event: str, pipeline: str, run_id: str | None, metric: str | None = None,
+         value: float | None = None, flow_run_id: str | None = None, **payload: Any):
+    """One ``cifar.*`` event (a no-op without a Prefect API to send it to)."""
+    from prefect.events import emit_event
+
+    related = ([{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}]
+               if flow_run_id else None)
+    return emit_event(event=event, resource=_resource(pipeline, run_id, metric, value), related=related,
+                      payload={k: v for k, v in payload.items() if v is not None})
+
+
+def publish(summary: dict[str, Any], metric: str, flow_run_id: str | None) -> None:
+    """The outcome of a finished run: its log line, the markdown artifact, and its events."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.report.publishing import artifact_key
+
+    pipeline, run_id = summary["pipeline"], summary["run_id"]
+    value = summary.get("metric_value")
+    log = get_logger()
+    log.info("%s: %s", pipeline, summary["message"])
+    create_markdown_artifact(key=artifact_key("outcome", pipeline), markdown=outcome_markdown(summary),
+                             description=f"{pipeline}: {summary['outcome']}")
+    common = dict(flow_run_id=flow_run_id, message=summary["message"], outcome=summary["outcome"],
+                  report=summary.get("report"))
+    if summary["outcome"] == "nothing changed":
+        emit("cifar.run.nothing-changed", pipeline, run_id, metric, value, champion=summary.get("champion"),
+             **common)
+    if summary["promoted"] and summary["outcome"] != "nothing changed":
+        emit("cifar.model.promoted", pipeline, run_id, metric, value, reason=summary["promotion_reason"],
+             **common)
+    emit("cifar.run.completed", pipeline, run_id, metric, value, promoted=summary["promoted"], **common)
+
+
+def outcome(run, stage_times: dict[str, dict[str, Any]], artifacts_dir: str) -> tuple[str, str, str | None]:
+    """(outcome, message, champion) of a finished run: "nothing changed" or "trained"."""
+    champion = champion_of(artifacts_dir, run.pipeline)
+    if nothing_changed(run, stage_times):
+        return "nothing changed", nothing_changed_message(run.run_id, champion), champion
+    verdict = "promoted to champion" if run.promoted else f"not promoted ({run.reason})"
+    return "trained", f"trained and saved run {run.run_id}: {verdict}", champion
+
+
+def on_run_failed(flow, flow_run, state) -> None:
+    """Flow hook (``on_failure`` and ``on_crashed``): the ``cifar.run.failed`` event."""
+    params = flow_run.parameters or {}
+    emit("cifar.run.failed", str(params.get("pipeline", "")), None, flow_run_id=str(flow_run.id),
+         state=state.name, message=(state.message or "")[:2000], flow_run_name=flow_run.name)
+
+
+def metric_value(run_dir: str, metric: str) -> float | None:
+    """The run's value of the promotion metric (metrics.json), None when unreadable."""
+    from tasks.core import runs
+
+    return runs.metric_of(run_dir, metric)
+
+
+def code_versions() -> dict[str, str]:
+    """Each stage's code version, as its cache key counts it (recorded in metadata.json, so a
+    report can say which stage's code changed since the champion)."""
+    from tasks.core import pixels
+    from tasks.core.hashing import code_fingerprint
+    from tasks.download import FETCH_CODE_VERSION
+    from tasks.download.decode import CODE_VERSION
+    from tasks.prepare import contracts, summaries, validation
+    from tasks.store.saving import store_code_version
+    from tasks.train.run import TRAINING_CODE
+
+    return {"download": FETCH_CODE_VERSION, "decode": CODE_VERSION,
+            "prepare": code_fingerprint(summaries, contracts, validation, pixels),
+            "train": code_fingerprint(*TRAINING_CODE), "store": store_code_version()}
