@@ -232,3 +232,16 @@ def client_env(server: tuple[str, str | os.PathLike], **extra: str) -> dict[str,
     url, home = server
     return prefect_env(home, url, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
                        **extra)
+
+
+def module_server(tmp_path_factory, **extra_env: str) -> Iterator[tuple[str, Path]]:
+    """The body of a module-scoped ``server`` fixture: (api_url, home) of a real Prefect server
+    with a temporary PREFECT_HOME, stopped at the end, pass or fail; its log tail printed then."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    home = root / "home"
+    home.mkdir()
+    with Procs(root / "logs") as procs:
+        with prefect_server(procs, home, timeout=180, **extra_env) as url:
+            yield url, home
+        log = procs.logs[0]
+    print(f"prefect server log ({log}):\n{tail(log, 30)}")

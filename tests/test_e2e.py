@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from archives import FileServer, build_binary_archive
-from procs import Procs, client_env, exe, prefect_server, tail
+from procs import client_env, exe, module_server, tail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -41,17 +41,9 @@ UUID_RE = re.compile(r"UUID:\s*([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(api_url, home): a real Prefect server for the module; stopped at the end, pass or fail."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    home = root / "home"
-    home.mkdir()
-    with Procs(root / "logs") as procs:
-        # A run refused by the deployment concurrency limit is retried after this many seconds
-        # (default 30): keeps the "second trigger waits" check short.
-        with prefect_server(procs, home, timeout=180,
-                            PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2") as url:
-            yield url, home
-        log = procs.logs[0]
-    print(f"prefect server log ({log}):\n{tail(log, 30)}")
+    # A run refused by the deployment concurrency limit is retried after this many seconds
+    # (default 30): keeps the "second trigger waits" check short.
+    yield from module_server(tmp_path_factory, PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="2")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from archives import FileServer, build_binary_archive, encode_image
-from procs import Procs, client_env, exe, prefect_server, tail
+from procs import client_env, exe, module_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -41,14 +41,7 @@ EPOCH_LINE = re.compile(r"^epoch \d+/\d+ ")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prefect-server")
-    home = root / "home"
-    home.mkdir()
-    with Procs(root / "logs") as procs:
-        with prefect_server(procs, home, timeout=180, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5") as url:
-            yield url, home
-        log = procs.logs[0]
-    print(f"prefect server log ({log}):\n{tail(log, 30)}")
+    yield from module_server(tmp_path_factory, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5")
 
 
 class Hook:

@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 from archives import FileServer, build_binary_archive
-from procs import Procs, client_env, exe, free_port, prefect_server, tail, wait_until
+from procs import client_env, exe, free_port, module_server, tail, wait_until
 from test_e2e import EPOCH_LINE, UUID_RE, prefect_client, task_states
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -37,14 +37,7 @@ REPORTS_PORT = free_port()  # where `cifar reports` will listen: the served runs
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(api_url, home): a real Prefect server for the module."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    home = root / "home"
-    home.mkdir()
-    with Procs(root / "logs") as procs:
-        with prefect_server(procs, home, timeout=180) as url:
-            yield url, home
-        log = procs.logs[0]
-    print(f"prefect server log ({log}):\n{tail(log, 30)}")
+    yield from module_server(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
