@@ -10,7 +10,6 @@ import inspect
 import json
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -80,28 +79,15 @@ def _hash_regular(path: str | os.PathLike) -> FileDigest:
     return FileDigest(sha.hexdigest(), size)
 
 
-def _hash_chunk(paths: list[Path]) -> list[FileDigest]:
-    return [_hash_regular(p) for p in paths]
-
-
-def hash_tree(root: str | os.PathLike, *, workers: int = 1,
-              files: list[tuple[str, Path]] | None = None) -> FileDigest:
+def hash_tree(root: str | os.PathLike, *, files: list[tuple[str, Path]] | None = None) -> FileDigest:
     """One sha256 for a folder: over each file's relative path and sha256, in path order.
 
     Every byte is read, every call (no stat shortcut: a file rewritten with the same size and
-    mtime changes the hash). ``workers`` > 1 hashes contiguous slices of the listing in threads
-    (worth it for large files; for small ones, such as CIFAR's ~1 KB images, one thread is
-    faster: the per-file work holds the GIL). ``files``: a ``tree_files`` listing at hand."""
+    mtime changes the hash), in one thread: for small files such as CIFAR's ~1 KB images,
+    threads were slower (the per-file work holds the GIL). ``files``: a ``tree_files`` listing
+    at hand."""
     listing = tree_files(root) if files is None else files
-    paths = [p for _, p in listing]
-    n = max(1, min(workers, len(paths)))
-    if n == 1:
-        digests = _hash_chunk(paths)
-    else:
-        step = -(-len(paths) // n)
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="hash-tree") as pool:
-            digests = [d for part in pool.map(_hash_chunk, [paths[i:i + step] for i in range(0, len(paths), step)])
-                       for d in part]
+    digests = [_hash_regular(p) for _, p in listing]
     h, size = hashlib.sha256(), 0
     for (rel, _), digest in zip(listing, digests):
         h.update(f"{rel}\0{digest.sha256}\n".encode())
