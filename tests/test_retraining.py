@@ -13,6 +13,10 @@ import pytest
 
 from archives import FileServer, build_binary_archive, build_image_folder
 
+# Imported here, not in a test: Prefect configures logging on its first import, which would drop
+# the handler caplog installed for a test that happens to run first.
+from tasks.download.fetching import hash_local  # noqa: E402
+
 
 def _cfg(**kw):
     from tasks.download.config import DatasetConfig
@@ -57,7 +61,6 @@ def test_a_rewrite_with_the_same_size_and_mtime_is_a_new_dataset(tmp_path):
 @pytest.mark.timeout(20)
 def test_a_fifo_in_a_folder_is_skipped_and_named_not_opened(tmp_path, caplog):
     from tasks.core.hashing import hash_tree, tree_files
-    from tasks.download.fetching import hash_local
 
     built = build_image_folder(tmp_path, per_class_train=2, per_class_test=1)
     os.mkfifo(built.path / "train" / "cat" / "pipe")
@@ -72,7 +75,6 @@ def test_a_fifo_in_a_folder_is_skipped_and_named_not_opened(tmp_path, caplog):
 
 def test_the_folder_check_is_bounded_by_max_extract_mb_before_reading(tmp_path):
     from tasks.download.errors import UnsafeArchiveError
-    from tasks.download.fetching import hash_local
 
     built = build_image_folder(tmp_path, per_class_train=1, per_class_test=1)
     with open(built.path / "train" / "cat" / "big.bin", "wb") as f:
