@@ -231,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out.write_text(json.dumps(result, indent=2) + "\n")
 
+    bad = [i for i in args.pieces or [] if not 0 <= i < len(ABLATIONS)]
+    if bad:
+        ap.error(f"--pieces {bad}: rows are 0..{len(ABLATIONS) - 1} of ABLATIONS")
     if args.ablate:
         trained = []
         rows = ABLATIONS if args.pieces is None else [ABLATIONS[0]] + [
-            ABLATIONS[i] for i in args.pieces if 0 < i < len(ABLATIONS)]
+            ABLATIONS[i] for i in args.pieces if i > 0]
         for name, sets in rows:
             row = run_pipeline(FAST, args.seed, artifacts, env, {**fast_sets, **sets})
             trained.append((name, row))
