@@ -24,6 +24,7 @@ from tasks.train import recipe as recipes
 from tasks.train.airbench import (
     build_airbench,
     dirac_kernel,
+    fused_gelu,
     patch_covariance,
     whitening_kernel,
 )
@@ -114,6 +115,36 @@ def test_the_model_adapts_to_the_data_and_keeps_float32_logits():
     assert mixed.get_layer("block1_conv1").compute_dtype == "bfloat16" and mixed.output.dtype == "float32"
     with pytest.raises(TrainingError, match=r"cannot take images of shape \(8, 8, 3\).*at least 9x9"):
         build_model("airbench", (8, 8, 3), 10, recipe=TINY)
+
+
+def test_fused_gelu_is_the_same_function_and_the_saved_model_still_says_gelu(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    model = build_model("airbench", (16, 16, 3), 10, recipe=TINY, whiten_images=smooth_images(size=16))
+    x = smooth_images(n=8, size=16, seed=1)
+
+    def forward_and_grads():
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.reduce_mean(out * tf.range(10, dtype=out.dtype))
+        return out.numpy(), [g.numpy() for g in tape.gradient(loss, model.trainable_weights)]
+
+    stock_out, stock_grads = forward_and_grads()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=recipes.make_loss(TINY, True))
+    with fused_gelu(model) as swapped:
+        assert swapped == 7  # the stem's and two per block
+        assert model.get_layer("block2_gelu1").activation is not keras.activations.gelu
+        fused_out, fused_grads = forward_and_grads()
+        model.fit(x, keras.utils.to_categorical(np.arange(8) % 10, 10), epochs=1, verbose=0)
+    np.testing.assert_allclose(fused_out, stock_out, rtol=1e-5, atol=1e-6)
+    for fused, stock in zip(fused_grads, stock_grads):
+        np.testing.assert_allclose(fused, stock, rtol=1e-4, atol=1e-6)
+    assert model.get_layer("block2_gelu1").activation is keras.activations.gelu
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.get_layer("whiten_gelu").get_config()["activation"] == "gelu"
+    np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- the recipe's numbers

@@ -5,10 +5,12 @@ over the cached dataset's input pipeline -- the notebook's recipe, or the airben
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from tasks.core.datacache import DatasetRecord, load_dataset
 from tasks.core.pixels import scale_pixels
+from tasks.train.airbench import fused_gelu
 from tasks.train import recipe as recipes
 from tasks.train.config import OptimizerConfig, RecipeConfig, TrainingConfig, TrainingError
 from tasks.train.devices import Runtime
@@ -121,10 +123,12 @@ def fit_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stat
     train, validation = make_inputs(dataset, cfg, stats, start)
     model = compiled_model(model_name, dataset, cfg, runtime, strategy, stats)
     started = time.perf_counter()
+    # Without whole-model XLA, GELUs run as one fused kernel each (same math; saved as "gelu").
     # TerminateOnNaN: a loss that turned NaN/inf stops the fit at that batch (the epoch's row
     # records it as null, and the store never promotes such a run) instead of training on.
-    model.fit(train, validation_data=validation, epochs=cfg.epochs,
-              callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
-              shuffle=False,  # tf.data shuffles (seeded, every epoch)
-              verbose=verbose, **fit_args)
+    with nullcontext() if runtime.xla else fused_gelu(model):
+        model.fit(train, validation_data=validation, epochs=cfg.epochs,
+                  callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
+                  shuffle=False,  # tf.data shuffles (seeded, every epoch)
+                  verbose=verbose, **fit_args)
     return as_probabilities(model), time.perf_counter() - started
