@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.core.kernels import fused_kernels
 from tasks.core.pixels import scale_pixels
 
 EVAL_BATCH = 128  # test images per predict call: at 1,000 the activations alone took ~300 MB more peak memory
@@ -91,12 +92,14 @@ def score_test_split(model, x: np.ndarray, y_true: np.ndarray, classes: list[str
                      preprocess: dict[str, Any] | None, tta: str = "off") -> tuple[np.ndarray, dict[str, Any]]:
     """(probs, metrics.json) on the test split: ``tta`` "off" is plain prediction; otherwise the
     probabilities are the ``tta`` level's and metrics["tta"] records the accuracy at every level
-    up to it and the gain over plain prediction (in percentage points)."""
+    up to it and the gain over plain prediction (in percentage points). GELUs run as one
+    fused kernel each meanwhile (``tasks.core.kernels``: the same math)."""
     pre = preprocess or {}
-    if tta == "off":
-        probs = predict_probs(model, x, pre.get("mean"), pre.get("std"))
-        return probs, evaluation_metrics(y_true, probs, classes)
-    variants = predict_views(model, x, pre.get("mean"), pre.get("std"), tta)
+    with fused_kernels(model):
+        if tta == "off":
+            probs = predict_probs(model, x, pre.get("mean"), pre.get("std"))
+            return probs, evaluation_metrics(y_true, probs, classes)
+        variants = predict_views(model, x, pre.get("mean"), pre.get("std"), tta)
     probs = variants[tta]
     metrics = evaluation_metrics(y_true, probs, classes)
     y = np.asarray(y_true, dtype=np.int64)

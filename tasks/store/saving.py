@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core import pixels, runs
+from tasks.core import kernels, pixels, runs
 from tasks.core.datacache import cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
@@ -119,7 +119,7 @@ def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
 
 def store_code_version() -> str:
     """The behaviour of the code that decides a run folder's content (part of the store key)."""
-    return code_fingerprint(evaluation, pixels, run_folder, export, promotion, sys.modules[__name__], runs)
+    return code_fingerprint(evaluation, pixels, kernels, run_folder, export, promotion, sys.modules[__name__], runs)
 
 
 def _float(value: Any) -> float:

@@ -20,9 +20,7 @@ frozen stem is a stock Conv2D whose kernel variable is marked non-trainable.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -142,38 +140,6 @@ def build_airbench(input_shape, num_classes, recipe=None, whiten_images=None):
         for conv in convs:
             conv.kernel.assign(dirac_kernel(conv.kernel.numpy()))
     return model
-
-
-@functools.cache
-def _xla_gelu():
-    import tensorflow as tf
-
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def gelu(x):
-        return tf.nn.gelu(x, approximate=False)
-
-    return gelu
-
-
-@contextmanager
-def fused_gelu(model) -> Iterator[int]:
-    """Inside the block, every ``Activation("gelu")`` of ``model`` computes the same exact (erf)
-    GELU as one XLA-compiled kernel, forward and backward, instead of TensorFlow's chain of
-    separate element-wise ops: the airbench train step on 2 CPU cores measured 1.27 s -> 0.79 s
-    at batch 512 in bf16 (the whole model under XLA is slower on a CPU). Yields how many layers
-    were switched. On exit the stock function is back, so model.keras still says "gelu" and loads
-    anywhere. Trace the train function inside the block (``fit`` does)."""
-    import keras
-
-    swapped = [layer for layer in model.layers if isinstance(layer, keras.layers.Activation)
-               and layer.activation is keras.activations.gelu]
-    for layer in swapped:
-        layer.activation = _xla_gelu()
-    try:
-        yield len(swapped)
-    finally:
-        for layer in swapped:
-            layer.activation = keras.activations.gelu
 
 
 def _widths(widths: Sequence[int]) -> list[int]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tasks.core.datacache import DatasetRecord, load_dataset
 from tasks.core.pixels import scale_pixels
-from tasks.train.airbench import fused_gelu
+from tasks.core.kernels import fused_kernels
 from tasks.train import recipe as recipes
 from tasks.train.config import OptimizerConfig, RecipeConfig, TrainingConfig, TrainingError
 from tasks.train.devices import Runtime
@@ -126,7 +126,7 @@ def fit_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stat
     # Without whole-model XLA, GELUs run as one fused kernel each (same math; saved as "gelu").
     # TerminateOnNaN: a loss that turned NaN/inf stops the fit at that batch (the epoch's row
     # records it as null, and the store never promotes such a run) instead of training on.
-    with nullcontext() if runtime.xla else fused_gelu(model):
+    with nullcontext() if runtime.xla else fused_kernels(model):
         model.fit(train, validation_data=validation, epochs=cfg.epochs,
                   callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
                   shuffle=False,  # tf.data shuffles (seeded, every epoch)

@@ -13,7 +13,7 @@ import shutil
 import socket
 import sys
 
-from tasks.core import pixels
+from tasks.core import kernels, pixels
 from tasks.core.datacache import DatasetRecord
 from tasks.core.files import file_lock
 from tasks.core.hashing import code_fingerprint, stable_hash, to_jsonable
@@ -37,7 +37,7 @@ from tasks.train.models import MODELS, build_model
 from tasks.train.progress import EpochTracker
 from tasks.train.slots import training_slot
 
-TRAINING_CODE = (models, airbench, recipe, inputs, fit, devices, progress, model_folder, board, pixels)
+TRAINING_CODE = (models, airbench, recipe, inputs, fit, devices, progress, model_folder, board, pixels, kernels)
 
 
 def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
