@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -261,7 +262,7 @@ def cmd_serve(args) -> int:
     from flows.deploy import serve
 
     settings = _settings(args)
-    serve(settings, args.only)
+    serve(settings, args.only, parse_set(args.overrides))
     return 0
 
 
@@ -272,7 +273,8 @@ def cmd_deploy(args) -> int:
     from flows.jobs import parse_job_variables
 
     variables = parse_job_variables(args.job_variables)
-    for line in deploy(settings, args.pool, args.only, queue=args.queue, image=args.image, variables=variables):
+    for line in deploy(settings, args.pool, args.only, queue=args.queue, image=args.image,
+                       variables=variables, overrides=parse_set(args.overrides)):
         print(line)
     return 0
 
@@ -296,7 +298,8 @@ class _NoTracebackForExpected(logging.Filter):
     (CifarError: a bad download, a refused archive, a failed validation) the message is enough."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        expected = record.exc_info and isinstance(record.exc_info[1], CifarError)
+        expected = record.exc_info and (isinstance(record.exc_info[1], CifarError)
+                                        or disk_fault(record.exc_info[1]) is not None)
         # Prefect's event emitter logs a traceback when the embedded API is already stopping
         # as a run's last heartbeat goes out; the one-line message says enough.
         lost_event = record.exc_info and record.name.startswith("prefect.events")
@@ -328,6 +331,30 @@ def _hint(exc: CifarError) -> str | None:
     return None
 
 
+# OS faults a user fixes on their side (a full, read-only or foreign disk, a path through a file).
+_DISK_REMEDIES = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "free space within your quota on that disk",
+    errno.EROFS: "remount that disk read-write",
+    errno.EACCES: "make that folder writable for this user",
+    errno.EPERM: "make that folder writable for this user",
+    errno.ENOTDIR: "remove or rename the file that stands where a folder is expected",
+}
+
+
+def disk_fault(exc: BaseException | None) -> str | None:
+    """The message for an OSError the user can fix (disk full, read-only, no permission, a file in
+    the way), naming the path; None for any other exception. Writes are atomic (temp file, then
+    rename), so such a fault leaves no half-written file behind."""
+    if not isinstance(exc, OSError) or exc.errno not in _DISK_REMEDIES:
+        return None
+    where = exc.filename or "a file under data_dir or artifacts_dir"
+    return (f"cannot write {where}: {exc.strerror or os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}). "
+            f"Nothing half-written was kept. To resolve it, {_DISK_REMEDIES[exc.errno]}, or point "
+            "the pipeline elsewhere (--set data_dir=/other/disk/cifar or --set artifacts_dir=..., "
+            "or the same keys in pipelines.yaml), then run the command again: finished stages stay cached.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -343,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         if hint := _hint(exc):
             print(hint, file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if (message := disk_fault(exc)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

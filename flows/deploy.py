@@ -49,14 +49,24 @@ def selected(settings: Settings, only: list[str] | None) -> list[PipelineConfig]
     return list(settings.pipelines.values())
 
 
-def deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str, Any]:
+def _parameters(p: PipelineConfig, config_path: Path, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The flow parameters a deployment of ``p`` starts with: ``--set`` overrides ride along, so a
+    served or pooled run trains what the command that registered it validated."""
+    params: dict[str, Any] = {"pipeline": p.name, "config": str(config_path)}
+    if overrides:
+        params["overrides"] = dict(overrides)
+    return params
+
+
+def deployment_kwargs(p: PipelineConfig, config_path: Path,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every deployment of a pipeline carries, served or pooled (pure; tested)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
 
     kwargs: dict[str, Any] = {
         "name": p.name,
-        "parameters": {"pipeline": p.name, "config": str(config_path)},
+        "parameters": _parameters(p, config_path, overrides),
         "description": p.description or None,
         "tags": [f"pipeline:{p.name}", f"model:{p.model}"],
         # one active run per deployment; a second trigger waits in the queue
@@ -74,12 +84,13 @@ def deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str, Any]:
     return kwargs
 
 
-def predict_deployment_kwargs(p: PipelineConfig, config_path: Path) -> dict[str, Any]:
+def predict_deployment_kwargs(p: PipelineConfig, config_path: Path,
+                              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The batch-scoring deployment of a pipeline: its model scores what ``input`` names (given
     per run); no schedule, no concurrency limit (the scoring is cached and locked by content)."""
     return {
         "name": p.name,
-        "parameters": {"pipeline": p.name, "config": str(config_path)},
+        "parameters": _parameters(p, config_path, overrides),
         "description": f"Score images with the model of {p.name} (its champion unless `run` says otherwise)",
         "tags": [f"pipeline:{p.name}", "predict"],
     }
@@ -92,9 +103,10 @@ def make_folders(settings: Settings) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def serve(settings: Settings, only: list[str] | None = None) -> None:
+def serve(settings: Settings, only: list[str] | None = None,
+          overrides: dict[str, Any] | None = None) -> None:
     """Serve every pipeline as a deployment of flow ``cifar`` and one of ``cifar-predict``
-    (blocks until interrupted)."""
+    (blocks until interrupted); ``overrides`` (``--set``) become every deployment's parameter."""
     url = require_server("cifar serve")
     from prefect import serve as prefect_serve
 
@@ -103,11 +115,13 @@ def serve(settings: Settings, only: list[str] | None = None) -> None:
 
     chosen = selected(settings, only)
     make_folders(settings)
-    deployments = [cifar.to_deployment(**deployment_kwargs(p, settings.config_path)) for p in chosen]
-    deployments += [cifar_predict.to_deployment(**predict_deployment_kwargs(p, settings.config_path))
+    deployments = [cifar.to_deployment(**deployment_kwargs(p, settings.config_path, overrides)) for p in chosen]
+    deployments += [cifar_predict.to_deployment(**predict_deployment_kwargs(p, settings.config_path, overrides))
                     for p in chosen]
     print(f"serving {len(deployments)} deployment(s) on {url}: "
           + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments))
+    if overrides:
+        print("every run of them with: " + " ".join(f"--set {k}={v!r}" for k, v in overrides.items()))
     print("run one with:  prefect deployment run cifar/<pipeline> --watch")
     print("score images:  prefect deployment run cifar-predict/<pipeline> --param input=FOLDER_OR_ARCHIVE --watch")
     prefect_serve(*deployments, print_starting_message=False)
@@ -115,7 +129,8 @@ def serve(settings: Settings, only: list[str] | None = None) -> None:
 
 def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
            queue: str | None = None, image: str | None = None,
-           variables: dict[str, Any] | None = None) -> list[str]:
+           variables: dict[str, Any] | None = None,
+           overrides: dict[str, Any] | None = None) -> list[str]:
     """Register the same deployments to a work pool; its workers run them (scale-out).
 
     Each carries its pipeline's ``deploy:`` block (``flows.jobs``): job variables (``env`` and
@@ -140,7 +155,7 @@ def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
             dep_id = source_flow.deploy(
                 work_pool_name=pool, work_queue_name=queue or p.deploy.work_queue, image=pulled,
                 job_variables=job_variables(p.deploy, variables), build=False, push=False,
-                print_next_steps=False, **kwargs_of(p, Path(config)),
+                print_next_steps=False, **kwargs_of(p, Path(config), overrides),
             )
             lines.append(f"registered {flow.name}/{p.name} to work pool {pool!r} ({dep_id})")
     lines.append(f"start a worker with:  prefect worker start --pool {pool}")

@@ -22,6 +22,8 @@ RUN_HELP = "champion (the pipeline's promoted run), latest, or a run id"
 OUTPUT_HELP = ("folder for predictions.csv and predictions.html; default "
                "<artifacts_dir>/<pipeline>/predictions/<input name>-<scoring key>/")
 CONFIG_HELP = "the pipelines file (YAML) whose artifacts_dir holds the runs; relative to the flow run's working directory"
+OVERRIDES_HELP = ('settings that differ from the file, dotted keys as `cifar predict --set` takes them '
+                  '({"artifacts_dir": "/shared/artifacts"}); checked like the file')
 
 
 def _run_name() -> str:
@@ -63,6 +65,7 @@ def cifar_predict(
     output: str | None = Field(None, description=OUTPUT_HELP),
     top_k: int = Field(3, ge=1, description="how many classes each row lists, best first"),
     config: str = Field(DEFAULT_CONFIG, description=CONFIG_HELP),
+    overrides: dict[str, Any] | None = Field(None, description=OVERRIDES_HELP),
 ) -> dict[str, Any]:
     """Score a folder or archive of images with a run's model.
 
@@ -82,7 +85,7 @@ def cifar_predict(
     from tasks.predict.inputs import describe_input
     from tasks.predict.resolve import SERVING_FILES, resolve_model
 
-    settings = load_settings(config)
+    settings = load_settings(config, overrides or {})
     data_dir, artifacts_dir = str(settings.data_dir), settings.artifacts_dir
     log = get_logger()
     model = resolve_model(artifacts_dir, pipeline, run)

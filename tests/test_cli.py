@@ -128,3 +128,29 @@ def test_an_unreachable_url_gets_a_next_step():
     hint = _hint(TransientDownloadError("https://x/c.tgz: gaierror"))
     assert "dataset.source" in hint and "mirrors" in hint and "smoke-jpeg" in hint
     assert _hint(ChecksumError("bad")) is None  # its own message already says what to do
+
+
+def test_disk_faults_name_the_path_and_the_remedy_and_others_pass_through():
+    import errno
+
+    from flows.cli import disk_fault
+
+    full = disk_fault(OSError(errno.ENOSPC, "No space left on device", "/big/artifacts/train/run.tmp"))
+    assert "/big/artifacts/train/run.tmp" in full and "ENOSPC" in full and "free space" in full
+    assert "--set artifacts_dir=" in full and "Nothing half-written" in full
+    assert "remount" in disk_fault(OSError(errno.EROFS, "Read-only file system", "/ro/x"))
+    assert disk_fault(OSError(errno.ECONNREFUSED, "refused")) is None  # not the user's disk
+    assert disk_fault(ValueError("x")) is None and disk_fault(None) is None
+
+
+def test_a_file_where_data_dir_should_be_is_a_clear_error_not_a_traceback(tmp_path):
+    """A real OS fault (root can't bypass it, unlike a read-only permission): data_dir runs
+    through a plain file. The command says which path and what to do, with no traceback."""
+    blocker = tmp_path / "disk"
+    blocker.write_text("not a folder")
+    r = cifar("data", "smoke", "--set", f"data_dir={blocker}/cifar", "--set", f"artifacts_dir={tmp_path}/a")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"cannot write {blocker}/cifar" in r.stderr and "ENOTDIR" in r.stderr, r.stderr
+    assert "--set data_dir=" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert blocker.read_text() == "not a folder"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from flows.cluster import SharedFolderError, require_shared_folders, run_of_model, wait_for_chief
-from flows.config import load_settings
+from flows.config import load_settings, parse_set
 from flows.jobs import DeployConfig, config_parameter, job_variables, parse_job_variables
 from flows.reports_server import Background, ReportsServerError, make_server
 from tasks.core.errors import ConfigError
@@ -138,6 +138,29 @@ def test_deployment_kwargs_take_the_relative_config():
     settings = load_settings(ROOT / "pipelines.yaml")
     kwargs = deployment_kwargs(settings.pipelines["smoke"], Path(config_parameter(settings.config_path, ROOT)[0]))
     assert kwargs["parameters"] == {"pipeline": "smoke", "config": "pipelines.yaml"}
+
+
+def test_serve_and_deploy_carry_set_overrides_into_both_flows_parameters():
+    """`cifar serve --set training.epochs=1` used to validate the override and then drop it: the
+    deployments started from the file alone. Both flows' real parameter validation takes them."""
+    from flows.cifar import cifar
+    from flows.deploy import deployment_kwargs, predict_deployment_kwargs
+    from flows.predict import cifar_predict
+
+    sets = parse_set(["training.epochs=1", "artifacts_dir=/shared/artifacts"])
+    settings = load_settings(ROOT / "pipelines.yaml", sets)
+    assert settings.pipelines["smoke"].training.epochs == 1
+    train = deployment_kwargs(settings.pipelines["smoke"], Path("pipelines.yaml"), sets)["parameters"]
+    predict = predict_deployment_kwargs(settings.pipelines["smoke"], Path("pipelines.yaml"), sets)["parameters"]
+    assert train == predict == {"pipeline": "smoke", "config": "pipelines.yaml",
+                                "overrides": {"training.epochs": 1, "artifacts_dir": "/shared/artifacts"}}
+    assert cifar.validate_parameters(train)["overrides"] == sets
+    assert cifar_predict.validate_parameters({**predict, "input": "x"})["overrides"] == sets
+    # what the flow run then loads: the same settings the serving command validated
+    run_settings = load_settings(ROOT / train["config"], train["overrides"], "smoke")
+    assert run_settings.pipelines["smoke"].training.epochs == 1
+    assert str(run_settings.artifacts_dir) == "/shared/artifacts"
+    assert "overrides" not in deployment_kwargs(settings.pipelines["smoke"], Path("pipelines.yaml"))["parameters"]
 
 
 # --------------------------------------------------------------------------- reports server
