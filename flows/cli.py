@@ -336,8 +336,8 @@ _DISK_REMEDIES = {
     errno.ENOSPC: "free space on that disk",
     errno.EDQUOT: "free space within your quota on that disk",
     errno.EROFS: "remount that disk read-write",
-    errno.EACCES: "make that folder writable for this user",
-    errno.EPERM: "make that folder writable for this user",
+    errno.EACCES: "give this user access to that path",
+    errno.EPERM: "give this user access to that path",
     errno.ENOTDIR: "remove or rename the file that stands where a folder is expected",
 }
 
@@ -349,7 +349,7 @@ def disk_fault(exc: BaseException | None) -> str | None:
     if not isinstance(exc, OSError) or exc.errno not in _DISK_REMEDIES:
         return None
     where = exc.filename or "a file under data_dir or artifacts_dir"
-    return (f"cannot write {where}: {exc.strerror or os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}). "
+    return (f"cannot use {where}: {exc.strerror or os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}). "
             f"Nothing half-written was kept. To resolve it, {_DISK_REMEDIES[exc.errno]}, or point "
             "the pipeline elsewhere (--set data_dir=/other/disk/cifar or --set artifacts_dir=..., "
             "or the same keys in pipelines.yaml), then run the command again: finished stages stay cached.")

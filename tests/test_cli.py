@@ -150,7 +150,7 @@ def test_a_file_where_data_dir_should_be_is_a_clear_error_not_a_traceback(tmp_pa
     blocker.write_text("not a folder")
     r = cifar("data", "smoke", "--set", f"data_dir={blocker}/cifar", "--set", f"artifacts_dir={tmp_path}/a")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert f"cannot write {blocker}/cifar" in r.stderr and "ENOTDIR" in r.stderr, r.stderr
+    assert f"cannot use {blocker}/cifar" in r.stderr and "ENOTDIR" in r.stderr, r.stderr
     assert "--set data_dir=" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     assert blocker.read_text() == "not a folder"
