@@ -143,8 +143,9 @@ def test_fused_kernels_compute_what_the_stock_layers_do_and_the_saved_model_is_s
     stock = one_pass()
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=recipes.make_loss(TINY, True))
     with fused_kernels(model) as swapped:
-        assert swapped == 7  # the stem's GELU and two per block
+        assert swapped == 7 + 6  # GELUs: the stem's and two per block; batch norms: two per block
         assert model.get_layer("block2_gelu1").activation is not keras.activations.gelu
+        assert "call" in vars(model.get_layer("block2_bn1"))  # this layer's own call, not the class's
         fused = one_pass()
         assert _xla_kernels()[0].experimental_get_tracing_count() > 0  # the layers ran through it
         model.fit(x, keras.utils.to_categorical(np.arange(8) % 10, 10), epochs=1, verbose=0)
@@ -152,6 +153,7 @@ def test_fused_kernels_compute_what_the_stock_layers_do_and_the_saved_model_is_s
     for got, want in zip(fused, stock):  # outputs (train, inference), gradients, BN statistics
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
     assert model.get_layer("block2_gelu1").activation is keras.activations.gelu
+    assert "call" not in vars(model.get_layer("block2_bn1"))
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert loaded.get_layer("whiten_gelu").get_config()["activation"] == "gelu"
