@@ -148,6 +148,9 @@ def test_fused_kernels_compute_what_the_stock_layers_do_and_the_saved_model_is_s
         assert "call" in vars(model.get_layer("block2_bn1"))  # this layer's own call, not the class's
         fused = one_pass()
         assert _xla_kernels()[0].experimental_get_tracing_count() > 0  # the layers ran through it
+        traced = tf.function(lambda t: model(t, training=True)).get_concrete_function(
+            tf.TensorSpec(x.shape, tf.float32)).graph
+        assert sum(op.type == "FusedBatchNormV3" for op in traced.get_operations()) == 6  # and these through it
         model.fit(x, keras.utils.to_categorical(np.arange(8) % 10, 10), epochs=1, verbose=0)
     assert len(fused) == len(stock)
     for got, want in zip(fused, stock):  # outputs (train, inference), gradients, BN statistics

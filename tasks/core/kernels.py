@@ -30,22 +30,20 @@ def _xla_kernels():
 
 
 def _fusable(layer) -> bool:
-    """A stock Keras BatchNormalization over the last axis of 4-D (NHWC) inputs, without renorm or
-    cross-replica synchronisation: what FusedBatchNormV3 computes exactly."""
+    """A stock Keras BatchNormalization without renorm or cross-replica synchronisation (its call
+    checks that the inputs are NHWC over the last axis, or stays stock)."""
     import keras
 
-    if type(layer) is not keras.layers.BatchNormalization or layer.renorm or layer.synchronized:
-        return False
-    shape = layer.input.shape if layer._inbound_nodes else None
-    return shape is not None and len(shape) == 4 and layer.axis in (-1, 3)
+    return type(layer) is keras.layers.BatchNormalization and not layer.renorm and not layer.synchronized
 
 
 def _fused_bn_call(self, inputs, training=None, mask=None):
-    """BatchNormalization.call as one FusedBatchNormV3 op (same outputs and moving statistics; the
-    op's Bessel-corrected batch variance is turned back into the biased one Keras averages)."""
+    """BatchNormalization.call as one FusedBatchNormV3 op for 4-D (NHWC) inputs normalised over the
+    last axis (same outputs and moving statistics; the op's Bessel-corrected batch variance is
+    turned back into the biased one Keras averages); any other call is the stock one."""
     import tensorflow as tf
 
-    if mask is not None:
+    if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
         return type(self).call(self, inputs, training=training, mask=mask)
     channels = inputs.shape[-1]
     gamma = tf.cast(self.gamma.value, tf.float32) if self.scale else tf.ones([channels], tf.float32)
@@ -71,7 +69,7 @@ def _fused_bn_call(self, inputs, training=None, mask=None):
 @contextmanager
 def fused_kernels(model) -> Iterator[int]:
     """Inside the block, every ``Activation("gelu")`` of ``model`` computes the same exact GELU as
-    one XLA kernel, and every NHWC ``BatchNormalization`` runs as one FusedBatchNormV3 op. Yields
+    one XLA kernel, and every ``BatchNormalization`` of NHWC images runs as one FusedBatchNormV3 op. Yields
     how many layers were switched; on exit the stock functions are back, so model.keras still
     says "gelu" and "BatchNormalization". Trace the train or predict function inside the block
     (``fit`` and a first ``predict_on_batch`` do). Step times: docs/benchmarks.md."""
