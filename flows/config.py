@@ -103,9 +103,8 @@ class PipelinesFile:
     artifacts_dir: Annotated[str, Field(min_length=1, description=(
         "runs (models, metrics, reports) and index.html; relative to this file"))] = "artifacts"
     train_slots: Annotated[int | None, Field(ge=1, description=(
-        "trainings at once per machine (per GPU set when CUDA_VISIBLE_DEVICES pins the worker): the "
-        "size of the Prefect global concurrency limit cifar-train:<host> when it is first created; "
-        "null: 1"))] = None
+        "trainings at once per machine (per GPU set when CUDA_VISIBLE_DEVICES pins the worker): OS "
+        "locks in $CIFAR_SLOT_DIR (default <tmp>/cifar-slots) that die with their holder; null: 1"))] = None
     pipelines: Annotated[dict[PipelineName, PipelineConfig], Field(
         min_length=1, json_schema_extra={"additionalProperties": False},  # a name matches the pattern
         description="pipeline name (letters, digits, - and _) -> what differs from the defaults")]

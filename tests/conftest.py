@@ -14,6 +14,13 @@ for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
     os.environ.pop(_var, None)
     os.environ.pop(_var.lower(), None)
 
+# This session's own training slots (tasks/train/slots.py): each pytest-xdist worker's trainings,
+# and the processes its tests start, wait for each other, never for another worker's or a user's.
+if "CIFAR_SLOT_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["CIFAR_SLOT_DIR"] = tempfile.mkdtemp(prefix="cifar-slots-")
+
 import pytest
 
 

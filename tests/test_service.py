@@ -64,7 +64,7 @@ def test_a_cluster_larger_than_the_limit_is_refused_not_left_waiting():
     with pytest.raises(TrainingError) as err:
         check_fits("cifar-train:h", 1, 2)
     text = str(err.value)
-    assert "2 workers" in text and "cifar-train:h allows 1" in text and "train_slots: 2" in text
+    assert "2 workers" in text and "slot cifar-train:h allows 1" in text and "train_slots: 2" in text
     with pytest.raises(TrainingError, match="has 0 slots"):
         check_fits("cifar-train:h", 0, 1)
 

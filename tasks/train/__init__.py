@@ -6,7 +6,7 @@ precision + XLA by default on a GPU), ``tf.distribute`` strategies, resumable
 Where things are: settings and records in ``config``, model builders in ``models``, the input
 pipeline in ``inputs``, devices and strategies in ``devices``, the fit in ``fit``, epoch progress
 in ``progress``, the model folder in ``model_folder``, one training per key in ``run``, one training
-per device in ``slots`` (a Prefect global concurrency limit), TensorBoard logs in ``board``. This
+per device in ``slots`` (an OS lock that dies with its holder), TensorBoard logs in ``board``. This
 module holds the Prefect task.
 """
 
@@ -41,5 +41,5 @@ def train_model(dataset: DatasetRecord, validation, model: str, cfg: TrainingCon
                 prepare: PrepareSettings, data_dir: str, force: bool = False,
                 slots: int | None = None) -> TrainRecord:
     """Train (or reuse) ``model`` on ``dataset``; a retry resumes from the epoch backup. The fit
-    waits for a slot of this machine's training limit (``slots`` when it is created)."""
+    waits for one of this machine's ``slots`` training slots."""
     return run_training(dataset, validation, model, cfg, prepare, data_dir, force=force, slots=slots)

@@ -58,8 +58,8 @@ def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingCo
     the key's file lock is taken, the folder re-checked (a concurrent run may just have written
     it), and training runs, resuming from ``<key>.work/backup`` if a killed run left one.
     ``force`` retrains from scratch. ``extra_callbacks`` are appended to Keras's list.
-    The fit itself runs inside a slot of this machine's training limit (``tasks.train.slots``,
-    ``slots`` of them when it is first created): a reused model never waits for one.
+    The fit itself runs inside one of this machine's ``slots`` training slots
+    (``tasks.train.slots``): a reused model never waits for one.
     """
     key = train_key(dataset, validation, model, cfg, prepare)
     out = model_dir(data_dir, key)

@@ -1,38 +1,50 @@
-"""One training at a time per device: a Prefect global concurrency limit around the fit.
+"""One training at a time per device: an OS lock around the fit that dies with its holder.
 
 On a GPU each TensorFlow process holds the memory it took until it exits, so a second training
-started beside the first dies for want of it. The train stage therefore trains inside a slot of
-the global concurrency limit ``cifar-train:<hostname>`` (``cifar-train:<hostname>:gpu<ids>``
-when ``CUDA_VISIBLE_DEVICES`` pins this process to its own GPUs: one limit per GPU set). The
-limit is created on first use with ``train_slots`` slots (pipelines.yaml; default one) and can be
-changed afterwards in Prefect's UI or with ``prefect gcl update``; a second training waits for
-the slot while downloads, validation, reports and scoring go on. A reused model takes no slot.
+started beside the first dies for want of it. The train stage therefore trains inside one of
+``train_slots`` slots (pipelines.yaml; default one) of this machine's training slot
+``cifar-train:<hostname>`` (``cifar-train:<hostname>:gpu<ids>`` when ``CUDA_VISIBLE_DEVICES``
+pins the process to its own GPUs: one slot set per GPU set). A second training waits for a slot
+while downloads, validation, reports and scoring go on. A reused model takes no slot.
 
-The slot is a lease that this process renews while it trains: a process killed with ``kill -9``
-frees it when the lease runs out (``LEASE_SECONDS``). Outside a Prefect run (tests, scripts)
-there is no API to ask, and nothing is limited.
+A slot is an exclusive ``flock`` on a file in ``slot_dir()`` (``$CIFAR_SLOT_DIR``, by default
+``<tmp>/cifar-slots``: one folder per machine; containers on one host share it by mounting the
+same folder). The kernel drops the lock the instant its process ends, however it ends (``kill
+-9``, the OOM killer, a container stopped), so a dead training never holds a slot, on any Prefect
+API or none. The holder writes who it is into its file (process, host, flow run, since when), so
+a waiting run can say who it waits for and how to stop that holder. (Issue 26 measured the
+alternative, a Prefect global concurrency limit: its lease lives in the API server's memory, so a
+``kill -9`` under ``cifar run``'s temporary API left the slot taken for good.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import json
 import os
 import re
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from tasks.core.logs import get_logger
 from tasks.train.config import TrainingError
 
 PREFIX = "cifar-train"
-LEASE_SECONDS = 120.0  # how long a slot outlives a killed holder
+POLL_SECONDS = 0.5  # how often a waiting training tries the slots again
+REPEAT_SECONDS = 30.0  # how often it says again who it waits for
 
 
 def limit_name(host: str | None = None, visible_devices: str | None = None) -> str:
-    """The limit's name on this machine: one per host, or one per GPU set when the process is
-    pinned (``CUDA_VISIBLE_DEVICES=1`` -> ``cifar-train:gpu-box:gpu1``). Prefect names may not
-    contain ``/ % & < >``; anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``-``."""
+    """The slot set's name on this machine: one per host, or one per GPU set when the process is
+    pinned (``CUDA_VISIBLE_DEVICES=1`` -> ``cifar-train:gpu-box:gpu1``). Anything but letters,
+    digits, ``.``, ``_`` and ``-`` in the host name becomes ``-``."""
     host = re.sub(r"[^\w.-]+", "-", host if host is not None else socket.gethostname()) or "localhost"
     name = f"{PREFIX}:{host}"
     devices = visible_devices if visible_devices is not None else os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -41,62 +53,162 @@ def limit_name(host: str | None = None, visible_devices: str | None = None) -> s
     return name
 
 
-def in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
+def slot_dir() -> Path:
+    """The machine's folder of slot files: ``$CIFAR_SLOT_DIR`` or ``<tmp>/cifar-slots``."""
+    return Path(os.environ.get("CIFAR_SLOT_DIR") or Path(tempfile.gettempdir()) / "cifar-slots")
 
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+def slot_paths(name: str, size: int, folder: Path | None = None) -> list[Path]:
+    stem = name.replace(":", "_")
+    return [(folder or slot_dir()) / f"{stem}.slot{i}" for i in range(size)]
 
 
-def ensure_limit(name: str, size: int) -> int:
-    """Create the global concurrency limit ``name`` with ``size`` slots unless it exists (an
-    operator may have resized it since: that size stands). Returns its size."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+def _open_slot(path: Path) -> int:
+    """The slot file's descriptor. The folder is sticky and world-writable (like /tmp) and the file
+    readable and writable by all, so the users of one machine share its slots."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):
+            os.chmod(path.parent, 0o1777)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, 0o666)
+    return fd
 
-    with get_client(sync_client=True) as client:
-        try:
-            return client.read_global_concurrency_limit_by_name(name).limit
-        except ObjectNotFound:
-            pass
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=size))
-            get_logger().info("created the global concurrency limit %s: %d training(s) at a time", name, size)
-            return size
-        except ObjectAlreadyExists:  # another process created it just now
-            return client.read_global_concurrency_limit_by_name(name).limit
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+
+
+def _flow_run() -> tuple[str | None, str | None]:
+    """(id, name) of the Prefect flow run this process is in; (None, None) outside one (Prefect
+    is not imported to find out)."""
+    if "prefect.context" not in sys.modules:
+        return None, None
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = getattr(ctx, "flow_run", None)
+    return (str(run.id), run.name) if run is not None else (None, None)
+
+
+def holder_record(what: str) -> dict[str, Any]:
+    run_id, run_name = _flow_run()
+    return {"pid": os.getpid(), "host": socket.gethostname(), "flow_run_id": run_id,
+            "flow_run_name": run_name, "what": what, "since": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+def _write_holder(fd: int, record: dict[str, Any]) -> None:
+    data = json.dumps(record).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def read_holder(path: Path) -> dict[str, Any] | None:
+    """Who holds the slot file ``path`` (what its holder wrote), None when it is free."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        if _try_lock_shared(fd):
+            return None  # nobody holds it
+        raw = os.pread(fd, 4096, 0)
+    finally:
+        os.close(fd)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else {"what": "a training (it has not said who it is yet)"}
+
+
+def _try_lock_shared(fd: int) -> bool:
+    """True when nobody holds an exclusive lock on ``fd`` (the probe is released at once)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def holders(name: str | None = None, size: int = 64, folder: Path | None = None) -> list[dict[str, Any]]:
+    """The holders of the slots of ``name`` (default: this process's slot set), slot by slot."""
+    found = []
+    for i, path in enumerate(slot_paths(name or limit_name(), size, folder)):
+        if path.exists() and (record := read_holder(path)) is not None:
+            found.append({"slot": i, "file": str(path), **record})
+    return found
+
+
+def describe(holder: dict[str, Any]) -> str:
+    """One holder in words, with what frees its slot."""
+    run = holder.get("flow_run_id")
+    who = f"flow run {holder.get('flow_run_name')} ({run})" if run else "a process outside Prefect"
+    pid, host = holder.get("pid"), holder.get("host")
+    frees = [f"`prefect flow-run cancel {run}`"] if run else []
+    if pid:
+        frees.append(f"`kill {pid}` on {host}")
+    return (f"{who}, process {pid} on {host}, training since {holder.get('since')} "
+            f"({holder.get('what')}); to free it: {' or '.join(frees) or 'stop that training'}")
 
 
 def check_fits(name: str, limit: int, workers_here: int) -> None:
-    """Refuse a multi-worker cluster that has more processes on this machine than the limit has
+    """Refuse a multi-worker cluster that has more processes on this machine than there are
     slots: each waits for a slot the others hold, and none of them would ever start."""
     if limit < 1:
-        raise TrainingError(f"the global concurrency limit {name} has {limit} slots: no training can start "
-                            f"on this machine. Resize it: prefect gcl update {name} --limit 1")
+        raise TrainingError(f"the training slot {name} has {limit} slots: no training can start "
+                            "on this machine. Set train_slots: 1 (or more) in pipelines.yaml")
     if workers_here > limit:
         raise TrainingError(
-            f"TF_CONFIG puts {workers_here} workers of this cluster on this machine, but the global "
-            f"concurrency limit {name} allows {limit} training(s) at a time, so they would wait on each "
-            f"other forever. Set train_slots: {workers_here} in pipelines.yaml (for a new limit) or "
-            f"`prefect gcl update {name} --limit {workers_here}`, or pin each worker to its own GPU with "
-            "CUDA_VISIBLE_DEVICES (one limit per GPU).")
+            f"TF_CONFIG puts {workers_here} workers of this cluster on this machine, but the training "
+            f"slot {name} allows {limit} training(s) at a time, so they would wait on each other "
+            f"forever. Set train_slots: {workers_here} in pipelines.yaml, or pin each worker to its "
+            "own GPU with CUDA_VISIBLE_DEVICES (one slot set per GPU).")
+
+
+def _acquire(paths: list[Path]) -> tuple[int, Path] | None:
+    for path in paths:
+        fd = _open_slot(path)
+        if _try_lock(fd):
+            return fd, path
+        os.close(fd)
+    return None
 
 
 @contextlib.contextmanager
 def training_slot(slots: int | None, what: str, workers_here: int = 1) -> Iterator[None]:
-    """Hold one slot of this machine's training limit for the block (inside a Prefect run)."""
-    if not in_prefect_run():
-        yield
-        return
-    from prefect.concurrency.sync import concurrency
-
+    """Hold one of this machine's ``slots`` (default 1) training slots for the block. While all
+    are taken it waits, saying every ``REPEAT_SECONDS`` who holds them and how to free them; a
+    signal (Ctrl-C, SIGTERM) ends the wait at once."""
     log = get_logger()
-    name = limit_name()
-    limit = ensure_limit(name, slots or 1)
-    check_fits(name, limit, workers_here)
-    log.info("%s: waiting for a slot of %s (%d at a time)", what, name, limit)
-    t0 = time.perf_counter()
-    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS,
-                     raise_on_lease_renewal_failure=False):
-        log.info("%s: got a slot of %s after %.1f s", what, name, time.perf_counter() - t0)
+    name, size = limit_name(), slots or 1
+    check_fits(name, size, workers_here)
+    paths = slot_paths(name, size)
+    t0 = time.monotonic()
+    said = None
+    while (got := _acquire(paths)) is None:
+        if said is None or time.monotonic() - said >= REPEAT_SECONDS:
+            held = "; ".join(describe(h) for h in holders(name, size)) or "(released just now)"
+            log.info("%s: waiting %.0f s so far for a slot of %s (%d at a time), held by %s", what,
+                     time.monotonic() - t0, name, size, held)
+            said = time.monotonic()
+        time.sleep(POLL_SECONDS)
+    fd, path = got
+    try:
+        _write_holder(fd, holder_record(what))
+        log.info("%s: got a slot of %s after %.1f s", what, name, time.monotonic() - t0)
         yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the only descriptor releases the lock
