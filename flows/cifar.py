@@ -11,13 +11,17 @@ from prefect import flow, tags
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
-from flows import cluster
+from flows import cluster, interrupts
 from flows.config import DEFAULT_CONFIG, PipelineConfig, Settings, load_settings
 from flows.outcomes import (
-    code_versions, metric_value, on_run_failed, outcome, publish, scheduled_seed, trigger_record,
+    code_versions, done_line, metric_value, on_run_failed, outcome, publish, scheduled_seed, trigger_record,
 )
+from flows.failures import quiet_expected_tracebacks
 from tasks.core.caching import bind_local
 from tasks.core.logs import get_logger
+
+
+quiet_expected_tracebacks()  # also in flow-run processes that Prefect starts (served, pooled)
 
 
 def _run_name() -> str:
@@ -35,7 +39,8 @@ class _Stages:
     def run(self, stage: str, task, *args, refresh: bool = False, options: dict | None = None, **kwargs):
         t0 = time.perf_counter()
         opts = {**(options or {}), **({"refresh_cache": True} if refresh else {})}
-        state = bind_local(task, self.data_dir, **opts)(*args, return_state=True, **kwargs)
+        with interrupts.doing(f"the {stage} stage ({task.name})"):
+            state = bind_local(task, self.data_dir, **opts)(*args, return_state=True, **kwargs)
         result = state.result()  # raises the stage's own error when it failed
         entry = self.times.setdefault(stage, {"seconds": 0.0, "cache_hit": True})
         entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 3)
@@ -89,7 +94,7 @@ def cifar(
     3) train - the pipeline's Keras model, resumable, cached by data + config + code;
     4) save and register - evaluate, write the run folder, promote a champion or not;
     5) report - the run's self-contained HTML report and artifacts/index.html;
-    6) outcome - "trained" or "nothing changed since run X (data, config, code); champion Y", as a
+    6) outcome - "trained" or "nothing changed since run X; champion Y (since DATE)", as a
        log line, an ``outcome-<pipeline>`` markdown artifact, the return value's ``message``, and
        ``cifar.*`` Prefect events (flows/outcomes.py; a failed run emits ``cifar.run.failed``).
 
@@ -137,20 +142,16 @@ def cifar(
         "run_id": run.run_id,
         "run_dir": run.path,
         "test_accuracy": run.test_accuracy,
-        "promoted": run.promoted,
-        "promotion_reason": run.reason,
         "report": report.report,
         "index": report.index,
         "stages": stages.times,
         "trigger": trigger,
     }
-    summary["outcome"], summary["message"], summary["champion"] = outcome(run, stages.times, artifacts_dir)
+    # outcome, message, champion (and since when), promoted: a nothing-changed run promoted nothing
+    summary.update(outcome(run, stages.times, artifacts_dir))
     summary["metric_value"] = metric_value(run.path, chosen.promote.metric)
     publish(summary, chosen.promote.metric, _flow_run_id())
-    log.info(
-        "done: test accuracy %.4f, %s; report %s", run.test_accuracy,
-        "promoted to champion" if run.promoted else "not promoted", report.report,
-    )
+    log.info("%s", done_line(summary))
     return summary
 
 

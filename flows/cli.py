@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
-import logging
 import os
 import re
 import sys
@@ -17,9 +15,17 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The embedded API's first start creates its SQLite database: slow on a busy 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Flow runs say every 30 s that their process is alive (Prefect's minimum; its default is 180 s), so
+# the zombie automation marks a killed run Crashed (automations/README.md; flows/jobs.py).
+from flows.jobs import HEARTBEAT_ENV, HEARTBEAT_SECONDS  # noqa: E402
+
+if not any(os.environ.get(v) for v in HEARTBEAT_ENV):
+    os.environ[HEARTBEAT_ENV[0]] = str(HEARTBEAT_SECONDS)
 
 from typing import TYPE_CHECKING  # noqa: E402
 
+from flows import interrupts  # noqa: E402
+from flows.failures import disk_fault, quiet_expected_tracebacks  # noqa: E402
 from flows.predict_cli import add_predict_parser, cmd_predict  # noqa: E402
 from tasks.core.errors import CifarError, ConfigError  # noqa: E402
 
@@ -128,7 +134,7 @@ def cmd_check(args) -> int:
     print(f"{settings.config_path}: OK")
     print(f"  data_dir      {settings.data_dir}")
     print(f"  artifacts_dir {settings.artifacts_dir}")
-    print(f"  train_slots   {settings.train_slots or 1} per machine (the limit's size when first created)")
+    print(f"  train_slots   {settings.train_slots or 1} training(s) at a time per machine (or GPU set)")
     for name, pipeline in settings.pipelines.items():
         schedule, dataset, training = pipeline.schedule, pipeline.dataset, pipeline.training
         when = f"cron '{schedule.cron}' {schedule.timezone}" if schedule else "no schedule"
@@ -148,6 +154,7 @@ def cmd_run(args) -> int:
 
     from flows.cifar import cifar
     from flows.embedded import embedded_api
+    from flows.outcomes import run_lines
 
     # The embedded API is this command's child, gone with it even after a kill -9, and stopped
     # before the last lines below (no Prefect line after the report's path).
@@ -158,10 +165,8 @@ def cmd_run(args) -> int:
         print(f"{chosen.name}: {summary['role']} trained with the chief, whose run is {summary['run_dir']}")
         print(summary["report"])
         return 0
-    verdict = "promoted to champion" if summary["promoted"] else "not promoted"
-    print(f"{chosen.name}: test accuracy {summary['test_accuracy']:.4f} ({verdict}: {summary['promotion_reason']})")
-    if summary.get("outcome") == "nothing changed":
-        print(f"{chosen.name}: {summary['message']}")
+    for line in run_lines(summary):  # a nothing-changed run says so, and never replays a promotion
+        print(line)
     print(f"index:  {summary['index']}")
     print(summary["report"])  # the last line printed is the report's path
     return 0
@@ -263,7 +268,12 @@ def cmd_serve(args) -> int:
 
     settings = _settings(args)
     serve(settings, args.only, parse_set(args.overrides))
-    return 0
+    # Prefect's serve returns only when a signal stopped it (it handles SIGTERM and Ctrl-C itself,
+    # cancelling the runs in progress): say so, with the signal's exit code.
+    signum = interrupts.last_signal() or interrupts.signal.SIGTERM
+    print(interrupts.message("cifar serve", signum) + "; runs in progress were cancelled or marked "
+          "Crashed (rerun them: finished stages are cached)", file=sys.stderr)
+    return interrupts.exit_code(signum)
 
 
 def cmd_deploy(args) -> int:
@@ -293,30 +303,6 @@ COMMANDS = {
 }
 
 
-class _NoTracebackForExpected(logging.Filter):
-    """Prefect logs a failed task's exception with its traceback; for expected failures
-    (CifarError: a bad download, a refused archive, a failed validation) the message is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        expected = record.exc_info and (isinstance(record.exc_info[1], CifarError)
-                                        or disk_fault(record.exc_info[1]) is not None)
-        # Prefect's event emitter logs a traceback when the embedded API is already stopping
-        # as a run's last heartbeat goes out; the one-line message says enough.
-        lost_event = record.exc_info and record.name.startswith("prefect.events")
-        if expected or lost_event:
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _quiet_expected_tracebacks() -> None:
-    flt = _NoTracebackForExpected()
-    for name in ("prefect", "prefect.task_runs", "prefect.flow_runs", "prefect.task_engine",
-                 "prefect.flow_engine", ""):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(flt)
-
-
 def _hint(exc: CifarError) -> str | None:
     """What to do next, for failures whose remedy is not the failing stage's business."""
     if "tasks.download.errors" not in sys.modules:
@@ -331,39 +317,21 @@ def _hint(exc: CifarError) -> str | None:
     return None
 
 
-# OS faults a user fixes on their side (a full, read-only or foreign disk, a path through a file).
-_DISK_REMEDIES = {
-    errno.ENOSPC: "free space on that disk",
-    errno.EDQUOT: "free space within your quota on that disk",
-    errno.EROFS: "remount that disk read-write",
-    errno.EACCES: "give this user access to that path",
-    errno.EPERM: "give this user access to that path",
-    errno.ENOTDIR: "remove or rename the file that stands where a folder is expected",
-}
-
-
-def disk_fault(exc: BaseException | None) -> str | None:
-    """The message for an OSError the user can fix (disk full, read-only, no permission, a file in
-    the way), naming the path; None for any other exception. Writes are atomic (temp file, then
-    rename), so such a fault leaves no half-written file behind."""
-    if not isinstance(exc, OSError) or exc.errno not in _DISK_REMEDIES:
-        return None
-    where = exc.filename or "a file under data_dir or artifacts_dir"
-    return (f"cannot use {where}: {exc.strerror or os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}). "
-            f"Nothing half-written was kept. To resolve it, {_DISK_REMEDIES[exc.errno]}, or point "
-            "the pipeline elsewhere (--set data_dir=/other/disk/cifar or --set artifacts_dir=..., "
-            "or the same keys in pipelines.yaml), then run the command again: finished stages stay cached.")
+def _command_line(args) -> str:
+    target = getattr(args, "pipeline", None)
+    return f"cifar {args.command}" + (f" {target}" if isinstance(target, str) else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupts.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: runs marked, locks and servers freed
     try:
         if args.command != "predict":  # predict never loads Prefect (flows/predict_cli.py)
             # Prefect's logging, which we then adjust, is set up by prefect.main (a bare
             # `import prefect` is lazy and sets up nothing)
             import prefect.main  # noqa: F401
 
-            _quiet_expected_tracebacks()
+            quiet_expected_tracebacks()
         return COMMANDS[args.command](args)
     except CifarError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -375,9 +343,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except BaseException as exc:
+        if (signum := interrupts.signal_of(exc)) is None:
+            raise
+        print(interrupts.message(_command_line(args), signum), file=sys.stderr)
+        return interrupts.exit_code(signum)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ def serve(settings: Settings, only: list[str] | None = None,
     from prefect import serve as prefect_serve
 
     from flows.cifar import cifar
+    from flows.jobs import heartbeat_seconds, heartbeat_warning
     from flows.predict import cifar_predict
 
     chosen = selected(settings, only)
@@ -124,7 +125,12 @@ def serve(settings: Settings, only: list[str] | None = None,
         print("every run of them with: " + " ".join(f"--set {k}={v!r}" for k, v in overrides.items()))
     print("run one with:  prefect deployment run cifar/<pipeline> --watch")
     print("score images:  prefect deployment run cifar-predict/<pipeline> --param input=FOLDER_OR_ARCHIVE --watch")
-    prefect_serve(*deployments, print_starting_message=False)
+    # Served runs report every HEARTBEAT_SECONDS that they are alive: a killed one is marked
+    # Crashed by the zombie automation (automations/README.md).
+    heartbeat = heartbeat_seconds()
+    if warning := heartbeat_warning(heartbeat):
+        print(f"warning: {warning}")
+    prefect_serve(*deployments, print_starting_message=False, heartbeat_seconds=heartbeat)
 
 
 def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
@@ -139,12 +145,12 @@ def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
     workers pull, where the flow run starts."""
     require_server("cifar deploy")
     from flows.cifar import cifar
-    from flows.jobs import config_parameter, job_variables
+    from flows.jobs import config_parameter, heartbeat_seconds, heartbeat_warning, job_variables, with_heartbeats
     from flows.predict import cifar_predict
 
     make_folders(settings)
     config, warning = config_parameter(settings.config_path, PROJECT_DIR)
-    lines = [f"warning: {warning}"] if warning else []
+    lines = [f"warning: {w}" for w in (warning, heartbeat_warning(heartbeat_seconds())) if w]
     for flow, entrypoint, kwargs_of in ((cifar, ENTRYPOINT, deployment_kwargs),
                                         (cifar_predict, PREDICT_ENTRYPOINT, predict_deployment_kwargs)):
         for p in selected(settings, only):
@@ -154,7 +160,7 @@ def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
             source_flow = flow if pulled else flow.from_source(source=str(PROJECT_DIR), entrypoint=entrypoint)
             dep_id = source_flow.deploy(
                 work_pool_name=pool, work_queue_name=queue or p.deploy.work_queue, image=pulled,
-                job_variables=job_variables(p.deploy, variables), build=False, push=False,
+                job_variables=with_heartbeats(job_variables(p.deploy, variables)), build=False, push=False,
                 print_next_steps=False, **kwargs_of(p, Path(config), overrides),
             )
             lines.append(f"registered {flow.name}/{p.name} to work pool {pool!r} ({dep_id})")

@@ -74,8 +74,11 @@ def _server_class():
             env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                    "PREFECT__SERVER_FINAL": "1",
                    **get_current_settings().to_environment_variables(exclude_unset=True)}
+            # A session of its own: Ctrl-C or a SIGTERM to the command's process group must not
+            # stop the API before the flow has reported its state to it (flows/interrupts.py).
+            # PR_SET_PDEATHSIG still ends it the moment the command itself dies.
             return subprocess.Popen([sys.executable, "-m", "flows.embedded", str(os.getpid()), *args],
-                                    env=env)
+                                    env=env, start_new_session=True)
 
     return BoundServer
 
@@ -108,6 +111,29 @@ def _require_reachable(api_url: str) -> None:
             "PREFECT_API_URL: `cifar run` then starts its own temporary API.") from None
 
 
+def _start(server) -> None:
+    """Start the temporary API, or a CifarError that says why it did not and what to do."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    from tasks.core.errors import CifarError
+
+    try:
+        server.start()
+    except BaseException as exc:
+        server.stop()  # a signal while it starts, too: nothing of it is left behind
+        if not isinstance(exc, RuntimeError):
+            raise
+        # Prefect's "Timed out while attempting to connect to ephemeral Prefect API server"
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        raise CifarError(
+            f"the temporary Prefect API did not answer within "
+            f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s (load average {load:.1f} on "
+            f"{os.cpu_count()} cores; Prefect said: {str(exc)[:300]}). Nothing ran. To resolve it: run the "
+            "command again when the machine is less busy; or wait longer with "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=300; or start one server for good "
+            "(`prefect server start`) and set PREFECT_API_URL=http://127.0.0.1:4200/api.") from None
+
+
 @contextlib.contextmanager
 def embedded_api() -> Iterator[None]:
     """Run the body with Prefect's temporary API started here and bound to this process; stop it
@@ -123,7 +149,7 @@ def embedded_api() -> Iterator[None]:
         yield  # one already started in this process (a test harness): not ours either
         return
     server = _server_class()()  # registered as the default instance Prefect's client looks up
-    server.start()
+    _start(server)
     try:
         yield
     finally:

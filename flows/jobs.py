@@ -85,6 +85,49 @@ def job_variables(block: DeployConfig, cli: dict[str, Any] | None = None,
     return out
 
 
+# How often a served or pooled flow run reports that its process is alive (the event
+# prefect.flow-run.heartbeat): Prefect's minimum, 30 s (prefect.flow_engine.MINIMUM_HEARTBEAT_INTERVAL;
+# its default is 180 s). The zombie automation (automations/notify.yaml, cifar-run-zombie) marks a
+# run Crashed when none came for 90 s, 3 of these: keep the two in step (automations/README.md).
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+def heartbeat_seconds() -> int | None:
+    """The heartbeat period of the flow runs this process serves or deploys: the user's own
+    setting (either variable of ``HEARTBEAT_ENV``, or the profile) when there is one, else
+    ``HEARTBEAT_SECONDS``. None only when the user switched heartbeats off."""
+    from prefect.settings import get_current_settings
+
+    flows = get_current_settings().flows
+    if "heartbeat_frequency" in flows.model_fields_set:
+        return flows.heartbeat_frequency
+    return HEARTBEAT_SECONDS
+
+
+def heartbeat_warning(seconds: int | None) -> str | None:
+    """What to change when ``seconds`` does not fit the zombie automation's 90 s window."""
+    if seconds is None:
+        return ("flow run heartbeats are off (your PREFECT_FLOWS_HEARTBEAT_FREQUENCY): a killed run "
+                "stays Running; unset it to have killed runs marked Crashed (automations/README.md)")
+    if seconds > HEARTBEAT_SECONDS:
+        return (f"flow runs report every {seconds} s (your PREFECT_FLOWS_HEARTBEAT_FREQUENCY): install the "
+                f"automations with `python automations/install.py --heartbeat-window {3 * seconds} ...`, "
+                "or the zombie automation marks healthy runs Crashed")
+    return None
+
+
+def with_heartbeats(variables: dict[str, Any]) -> dict[str, Any]:
+    """``variables`` with the heartbeat period in the flow run's ``env``, unless that env (the
+    ``deploy:`` block or ``--job-variable env.NAME=...``) already names it."""
+    env = dict(variables.get("env") or {})
+    seconds = heartbeat_seconds()
+    if seconds is None or any(name in env for name in HEARTBEAT_ENV):
+        return variables
+    env[HEARTBEAT_ENV[0]] = str(seconds)
+    return {**variables, "env": env}
+
+
 def config_parameter(config_path: str | os.PathLike, code_dir: str | os.PathLike) -> tuple[str, str | None]:
     """The config path a pooled deployment carries, and a warning: relative to the code the
     workers pull (the flow run starts there), so it means the same file on every machine; an

@@ -52,32 +52,91 @@ def nothing_changed(run, stage_times: dict[str, dict[str, Any]]) -> bool:
     return bool(getattr(run, "reused", False) or (stage_times.get("save") or {}).get("cache_hit"))
 
 
-def champion_of(artifacts_dir: str, pipeline: str) -> str | None:
+def champion_entry(artifacts_dir: str, pipeline: str) -> dict[str, Any] | None:
+    """The pipeline's champion as registry.json records it (``run_id``, ``promoted_at``, ...)."""
     from tasks.core import runs
 
     registry, _ = runs.load_registry(runs.pipeline_dir(artifacts_dir, pipeline))
-    return (registry.get("champion") or {}).get("run_id")
+    champion = registry.get("champion")
+    return champion if isinstance(champion, dict) else None
 
 
-def nothing_changed_message(run_id: str, champion: str | None) -> str:
-    return (f"nothing changed since run {run_id} (data, config, code); "
-            f"champion {champion or '(none)'}")
+def since_text(promoted_at: str | None) -> str | None:
+    """When a run became champion, as the messages say it (``2026-12-06 10:00 UTC``); the
+    registry's text as it is when it is no ISO date-time, None when there is none."""
+    from datetime import datetime, timezone
+
+    if not promoted_at:
+        return None
+    try:
+        when = datetime.fromisoformat(str(promoted_at).replace("Z", "+00:00"))
+    except ValueError:
+        return str(promoted_at)
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return f"{when.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def nothing_changed_message(run_id: str, champion: str | None, since: str | None = None) -> str:
+    """What a run that found the data, config and code of run X did, and which run is the
+    champion and since when (registry.json's ``promoted_at``): "nothing changed since run X;
+    champion Y (since DATE)"."""
+    held = f" (since {since})" if champion and since else ""
+    return f"nothing changed since run {run_id}; champion {champion or '(none)'}{held}"
+
+
+def outcome_fields(run, nothing: bool, champion: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary's outcome, message, champion and promotion of a finished run. A run that
+    found nothing changed promoted nothing: ``promoted`` False and no ``promotion_reason``
+    (the earlier save's decision is not replayed); ``champion_since`` is when the champion
+    became one."""
+    champion_id = (champion or {}).get("run_id")
+    since = since_text((champion or {}).get("promoted_at"))
+    if nothing:
+        return {"outcome": "nothing changed", "message": nothing_changed_message(run.run_id, champion_id, since),
+                "champion": champion_id, "champion_since": since, "promoted": False, "promotion_reason": None}
+    verdict = "promoted to champion" if run.promoted else f"not promoted ({run.reason})"
+    return {"outcome": "trained", "message": f"trained and saved run {run.run_id}: {verdict}",
+            "champion": champion_id, "champion_since": since, "promoted": run.promoted,
+            "promotion_reason": run.reason}
 
 
 def outcome_markdown(summary: dict[str, Any]) -> str:
-    """The run's outcome for Prefect's UI: what happened, and the numbers behind it."""
+    """The run's outcome for Prefect's UI: what happened, and the numbers behind it. A run that
+    found nothing changed has no promotion row: it promoted nothing."""
+    champion = f"`{summary.get('champion') or '(none)'}`"
+    if summary.get("champion") and summary.get("champion_since"):
+        champion += f" since {summary['champion_since']}"
     lines = [f"### {summary['pipeline']}: {summary['outcome']}", "", summary["message"], "",
              "| | |", "|---|---|",
              f"| Run | `{summary['run_id']}` |",
-             f"| Test accuracy | {summary['test_accuracy']:.4f} |",
-             f"| Promoted | {'yes' if summary['promoted'] else 'no'}: {summary['promotion_reason']} |",
-             f"| Champion | `{summary.get('champion') or '(none)'}` |"]
+             f"| Test accuracy | {summary['test_accuracy']:.4f} |"]
+    if summary["outcome"] != "nothing changed":
+        lines.append(f"| Promoted | {'yes' if summary['promoted'] else 'no'}: {summary['promotion_reason']} |")
+    lines.append(f"| Champion | {champion} |")
     trigger = summary.get("trigger") or {}
     if trigger:
         lines.append(f"| Trigger | {'schedule' if trigger.get('scheduled') else 'manual'}; "
                      f"seed {trigger.get('seed')} ({trigger.get('seed_source')}) |")
     lines.append(f"| Report | `{summary['report']}` |")
     return "\n".join(line.replace("\n", " ") for line in lines) + "\n"
+
+
+def run_lines(summary: dict[str, Any]) -> list[str]:
+    """What ``cifar run`` prints about a finished run, before the index and the report's path."""
+    name, accuracy = summary["pipeline"], f"{summary['test_accuracy']:.4f}"
+    if summary["outcome"] == "nothing changed":
+        return [f"{name}: {summary['message']}", f"{name}: test accuracy {accuracy} (run {summary['run_id']})"]
+    verdict = "promoted to champion" if summary["promoted"] else "not promoted"
+    return [f"{name}: test accuracy {accuracy} ({verdict}: {summary['promotion_reason']})"]
+
+
+def done_line(summary: dict[str, Any]) -> str:
+    """The flow's last log line."""
+    if summary["outcome"] == "nothing changed":
+        said = summary["message"]
+    else:
+        said = "promoted to champion" if summary["promoted"] else "not promoted"
+    return f"done: test accuracy {summary['test_accuracy']:.4f}, {said}; report {summary['report']}"
 
 
 # --------------------------------------------------------------------------- events
@@ -117,20 +176,16 @@ def publish(summary: dict[str, Any], metric: str, flow_run_id: str | None) -> No
                   report=summary.get("report"))
     if summary["outcome"] == "nothing changed":
         emit("cifar.run.nothing-changed", pipeline, run_id, metric, value, champion=summary.get("champion"),
-             **common)
+             champion_since=summary.get("champion_since"), **common)
     if summary["promoted"] and summary["outcome"] != "nothing changed":
         emit("cifar.model.promoted", pipeline, run_id, metric, value, reason=summary["promotion_reason"],
              **common)
     emit("cifar.run.completed", pipeline, run_id, metric, value, promoted=summary["promoted"], **common)
 
 
-def outcome(run, stage_times: dict[str, dict[str, Any]], artifacts_dir: str) -> tuple[str, str, str | None]:
-    """(outcome, message, champion) of a finished run: "nothing changed" or "trained"."""
-    champion = champion_of(artifacts_dir, run.pipeline)
-    if nothing_changed(run, stage_times):
-        return "nothing changed", nothing_changed_message(run.run_id, champion), champion
-    verdict = "promoted to champion" if run.promoted else f"not promoted ({run.reason})"
-    return "trained", f"trained and saved run {run.run_id}: {verdict}", champion
+def outcome(run, stage_times: dict[str, dict[str, Any]], artifacts_dir: str) -> dict[str, Any]:
+    """The summary's outcome fields (``outcome_fields``): "nothing changed" or "trained"."""
+    return outcome_fields(run, nothing_changed(run, stage_times), champion_entry(artifacts_dir, run.pipeline))
 
 
 def on_run_failed(flow, flow_run, state) -> None:

@@ -68,13 +68,25 @@ def test_whole_flow_then_a_rerun_that_repeats_nothing(prefect_engine, tmp_path, 
     requests = len(server.hits())
     assert requests >= 1
 
-    second = cifar(pipeline="tiny", config=str(cfg))
+    state = cifar(pipeline="tiny", config=str(cfg), return_state=True)
+    second = state.result()
     assert len(server.hits()) == requests, "a rerun made HTTP requests"
     assert {k: v["cache_hit"] for k, v in second["stages"].items()} == {
         k: True for k in first["stages"]
     }
     assert second["run_id"] == first["run_id"]
     assert len(list((tmp_path / "artifacts/tiny/runs").iterdir())) == 1
+    # it says what happened, and replays no promotion: in its summary, its log and its artifact
+    registry = json.loads((tmp_path / "artifacts/tiny/registry.json").read_text())
+    since = outcome_since(registry["champion"]["promoted_at"])
+    said = f"nothing changed since run {first['run_id']}; champion {first['run_id']} (since {since})"
+    assert second["outcome"] == "nothing changed" and second["message"] == said
+    assert second["promoted"] is False and second["promotion_reason"] is None
+    logs, artifact = logs_and_outcome(state.state_details.flow_run_id, "done: ")
+    done = [m for m in logs if m.startswith("done: ")]
+    assert done == [f"done: test accuracy {second['test_accuracy']:.4f}, {said}; report {second['report']}"], logs
+    assert not [m for m in logs if "promot" in m.lower()], logs
+    assert said in artifact and "promot" not in artifact.lower(), artifact
 
     # --force retrains: a new model, a new run, judged against the champion
     third = cifar(pipeline="tiny", config=str(cfg), force=True)
@@ -82,6 +94,31 @@ def test_whole_flow_then_a_rerun_that_repeats_nothing(prefect_engine, tmp_path, 
     assert third["stages"]["train"]["cache_hit"] is False
     assert third["stages"]["download"]["cache_hit"] is True
     assert "champion" in third["promotion_reason"]
+
+
+def outcome_since(promoted_at: str) -> str:
+    from flows.outcomes import since_text
+
+    return since_text(promoted_at)
+
+
+def logs_and_outcome(flow_run_id, until: str, timeout: float = 30.0) -> tuple[list[str], str]:
+    """A flow run's log messages (once one starts with ``until``) and its outcome artifact's text."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = [log.message for log in client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+            if any(m.startswith(until) for m in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return logs, next((a.data for a in arts if (a.key or "").startswith("outcome-")), "")
 
 
 def test_a_doctored_dataset_stops_the_flow_before_training(prefect_engine, tmp_path):
@@ -119,6 +156,20 @@ def test_cli_run_prints_the_report_last_and_fails_cleanly_on_a_bad_checksum(tmp_
     last = r.stdout.strip().splitlines()[-1]
     assert last.endswith("report.html") and Path(last).is_file()
     assert "epoch 1/1 loss" in r.stdout + r.stderr  # the per-epoch line reaches the terminal
+    assert "tiny: test accuracy " in r.stdout and "(promoted to champion: first run of this pipeline)" in r.stdout
+
+    # run again: nothing changed, and it says only that (no replayed "promoted to champion")
+    run_id = Path(last).parent.name
+    registry = json.loads((tmp_path / "artifacts/tiny/registry.json").read_text())
+    said = (f"tiny: nothing changed since run {run_id}; champion {run_id} "
+            f"(since {outcome_since(registry['champion']['promoted_at'])})")
+    again = _cli("run", "tiny", "--config", str(cfg), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    accuracy = json.loads((Path(last).parent / "metrics.json").read_text())["test_accuracy"]
+    lines = again.stdout.strip().splitlines()
+    assert lines[-4:-2] == [said, f"tiny: test accuracy {accuracy:.4f} (run {run_id})"], lines[-6:]
+    assert lines[-1] == last
+    assert "promot" not in (again.stdout + again.stderr).lower(), again.stdout[-3000:] + again.stderr[-3000:]
 
     wrong = "0" * 64
     bad = pipelines_yaml(tmp_path / "bad" if (tmp_path / "bad").mkdir() is None else tmp_path, url, wrong)

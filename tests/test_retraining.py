@@ -229,13 +229,47 @@ def test_nothing_changed_is_a_reused_run_or_a_cached_save():
     assert nothing_changed(run, {"save": {"cache_hit": True}})
     reused = RunRecord("p", "R2", "/x", 0.5, True, "first run of this pipeline", reused=True)
     assert nothing_changed(reused, {}) and reused == run  # the same run; reused says how it was found
-    msg = nothing_changed_message("R2", "R1")
-    assert msg == "nothing changed since run R2 (data, config, code); champion R1"
+    msg = nothing_changed_message("R2", "R1", "2026-12-01 09:30 UTC")
+    assert msg == "nothing changed since run R2; champion R1 (since 2026-12-01 09:30 UTC)"
+    assert nothing_changed_message("R2", None) == "nothing changed since run R2; champion (none)"
     md = outcome_markdown({"pipeline": "p", "outcome": "nothing changed", "message": msg, "run_id": "R2",
-                           "test_accuracy": 0.5, "promoted": False, "promotion_reason": "a | b",
-                           "champion": "R1", "report": "/r.html",
+                           "test_accuracy": 0.5, "promoted": False, "promotion_reason": None,
+                           "champion": "R1", "champion_since": "2026-12-01 09:30 UTC", "report": "/r.html",
                            "trigger": {"scheduled": True, "seed": 3, "seed_source": "training.seed"}})
     assert md.startswith("### p: nothing changed\n\n" + msg) and "schedule; seed 3" in md
+    assert "| Champion | `R1` since 2026-12-01 09:30 UTC |" in md
+    assert "promot" not in md.lower(), md  # a run that changed nothing promoted nothing
+
+
+def test_a_nothing_changed_run_never_replays_the_promotion_of_the_run_it_found():
+    """The CLI's lines, the flow's done: line and the outcome artifact of a rerun whose save found
+    run R1 (promoted when it was first saved): what happened, the champion and since when."""
+    from flows.outcomes import done_line, outcome_fields, outcome_markdown, run_lines, since_text
+    from tasks.store.saving import RunRecord
+
+    assert since_text("2026-12-01T09:30:05+00:00") == "2026-12-01 09:30 UTC"
+    assert since_text("2026-12-01T10:30:05+01:00") == "2026-12-01 09:30 UTC"
+    assert since_text(None) is None and since_text("last week") == "last week"
+
+    saved = RunRecord("p", "R1", "/a/p/runs/R1", 0.5, True, "first run of this pipeline")
+    champion = {"run_id": "R1", "promoted_at": "2026-12-01T09:30:05+00:00"}
+    base = {"pipeline": "p", "run_id": "R1", "test_accuracy": 0.5, "report": "/a/p/runs/R1/report.html",
+            "index": "/a/index.html", "trigger": {}}
+    said = "nothing changed since run R1; champion R1 (since 2026-12-01 09:30 UTC)"
+    summary = {**base, **outcome_fields(saved, True, champion)}
+    assert summary["message"] == said and summary["outcome"] == "nothing changed"
+    assert summary["promoted"] is False and summary["promotion_reason"] is None
+    assert summary["champion"] == "R1" and summary["champion_since"] == "2026-12-01 09:30 UTC"
+    assert run_lines(summary) == [f"p: {said}", "p: test accuracy 0.5000 (run R1)"]
+    assert done_line(summary) == f"done: test accuracy 0.5000, {said}; report /a/p/runs/R1/report.html"
+    for text in [*run_lines(summary), done_line(summary), outcome_markdown(summary)]:
+        assert "promot" not in text.lower(), text
+
+    trained = {**base, **outcome_fields(saved, False, champion)}
+    assert trained["promoted"] is True and trained["message"] == "trained and saved run R1: promoted to champion"
+    assert run_lines(trained) == ["p: test accuracy 0.5000 (promoted to champion: first run of this pipeline)"]
+    assert done_line(trained).startswith("done: test accuracy 0.5000, promoted to champion; report ")
+    assert "| Promoted | yes: first run of this pipeline |" in outcome_markdown(trained)
 
 
 def test_the_shipped_automations_pass_prefects_own_schema():
@@ -250,10 +284,11 @@ def test_the_shipped_automations_pass_prefects_own_schema():
         sys.path.pop(0)
     bid = uuid.uuid4()
     got = {a.name: a for a in install.definitions(bid)}
-    assert set(got) == {"cifar-run-failed", "cifar-model-promoted"}
+    assert set(got) == {"cifar-run-failed", "cifar-model-promoted", "cifar-run-zombie"}
     assert got["cifar-run-failed"].trigger.expect == {"cifar.run.failed"}
     assert got["cifar-model-promoted"].trigger.expect == {"cifar.model.promoted"}
-    assert all(a.actions[0].block_document_id == bid for a in got.values())
+    assert got["cifar-run-zombie"].trigger.after == {"prefect.flow-run.heartbeat"}
+    assert all(a.actions[-1].block_document_id == bid for a in got.values())  # each notifies
 
 
 def test_a_champions_savedmodel_scores_as_its_evaluation_did(tmp_path):

@@ -240,7 +240,7 @@ pipelines:
             # 3) nothing changed: nothing trained, and it says so (log, artifact, return value)
             r3 = run("grow-3")
             champion = json.loads((project / "artifacts/grow/registry.json").read_text())["champion"]["run_id"]
-            said = f"nothing changed since run {m2['run_id']} (data, config, code); champion {champion}"
+            said = f"nothing changed since run {m2['run_id']}; champion {champion} (since "
             msgs = logs_of(client, r3, said)
             assert any(said in m for m in msgs), msgs
             assert not [m for m in msgs if EPOCH_LINE.match(m)], msgs

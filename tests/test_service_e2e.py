@@ -141,7 +141,7 @@ def test_two_deployments_triggered_together_train_one_after_the_other(server, pr
     for p, lines in logs.items():
         epochs = [t for t, m in lines if EPOCH_LINE.match(m)]
         assert len(epochs) == 2, (p, [m for _, m in lines])
-        waited = [t for t, m in lines if "so far for a slot of " + name in m]
+        waited = [t for t, m in lines if "waiting for a slot of " + name in m]
         spans[p] = (first(lines, "got a slot of " + name), epochs[-1], waited[0] if waited else None)
     (a, sa), (b, sb) = sorted(spans.items(), key=lambda kv: kv[1][0])
     assert sb[2] is not None, f"{b} never said it was waiting for the slot {a} held"
@@ -254,5 +254,6 @@ def test_deploy_carries_job_variables_and_the_config_path(server, project, procs
         dep = client.read_deployment_by_name("cifar/svc-a")
     assert dep.work_pool_name == pool and dep.work_queue_name == "gpu-a", dep
     assert dep.job_variables == {"stream_output": False, "env": {
-        "CUDA_VISIBLE_DEVICES": "1", "A": "cli", "TF_CONFIG": '{"cluster": {}}'}}, dep.job_variables
+        "CUDA_VISIBLE_DEVICES": "1", "A": "cli", "TF_CONFIG": '{"cluster": {}}',
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}, dep.job_variables  # for the zombie automation
     assert dep.parameters == {"pipeline": "svc-a", "config": str(config)}, dep.parameters

@@ -70,7 +70,7 @@ def test_a_waiting_training_names_the_holder_and_what_frees_it(slot_dir, caplog,
     finally:
         proc.kill()
         proc.wait(10)
-    waits = [r.getMessage() for r in caplog.records if "so far for a slot" in r.getMessage()]
+    waits = [r.getMessage() for r in caplog.records if "waiting for a slot of" in r.getMessage()]
     assert len(waits) >= 2, "the wait was said once, not repeated"
     assert f"process {proc.pid} on " in waits[0] and "a process outside Prefect" in waits[0]
     assert f"`kill {proc.pid}`" in waits[0] and "training of m (k1)" in waits[0]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.core import faults
 from tasks.core.files import atomic_write_json, read_json
 from tasks.core.hashing import hash_file, stable_hash
 
@@ -121,6 +122,7 @@ def write_dataset_cache(
         }
         manifest[SELF_CHECKSUM] = manifest_checksum(manifest)
         atomic_write_json(tmp / "manifest.json", manifest)
+        faults.reached("decode.before-publish")
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)

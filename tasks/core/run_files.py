@@ -53,6 +53,7 @@ class _Config(TypedDict, total=False):
 class _Metadata(TypedDict, total=False):
     pipeline: str
     run_id: str
+    seq: int
     created_at: Required[str]
     config: _Config
     dataset: _Dataset

@@ -8,6 +8,10 @@ and ``cifar runs`` read it::
     <artifacts_dir>/<pipeline>/runs/<run_id>/           one run: metadata.json, metrics.json,
                                                         history.json, predictions.npz, ...
 
+Runs are ordered by ``seq`` in metadata.json: 1, 2, 3... per pipeline, given by the store under
+the pipeline's lock as it publishes a run, so no clock (a worker's skewed one, an RTC reset) can
+reorder them. Runs saved before ``seq`` existed sort first, by ``created_at`` as they always did.
+
 A run is *published* (complete) when its folder name has no leading dot (dot-folders are being
 written or deleted) and both its metadata.json and metrics.json are readable and hold what a run
 writes (``tasks.core.run_files``). A damaged run, or a damaged registry.json, is skipped with a
@@ -16,6 +20,7 @@ warning naming the file: it never breaks the listing of the other runs and pipel
 
 from __future__ import annotations
 
+import heapq
 import os
 import posixpath
 import urllib.parse
@@ -28,6 +33,7 @@ from tasks.core.hashing import hash_file
 from tasks.core.run_files import read_run_file, warn_once
 
 RUNS = "runs"
+SEQ = "seq"  # metadata.json's sequence number (see run_order)
 REGISTRY = "registry.json"
 STORE_KEYS = "store-keys"
 INDEX = "index.html"
@@ -207,6 +213,29 @@ def load_run(run_folder: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+# =========================================================================== order
+def sequence_of(metadata: dict[str, Any]) -> int | None:
+    """A run's sequence number (metadata.json's ``seq``), None for a run saved before there was one."""
+    seq = metadata.get(SEQ)
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def run_order(metadata: dict[str, Any], run_id: str) -> tuple[int, int, str, str]:
+    """How a pipeline's runs sort, oldest first: by sequence number, which the store gives each
+    run under the pipeline's lock (a clock cannot reorder it); runs without one (saved before
+    there was one) before all others, by creation time then run id, as they always sorted."""
+    seq = sequence_of(metadata)
+    if seq is None:
+        return 0, 0, str(metadata.get("created_at") or ""), run_id
+    return 1, seq, "", run_id
+
+
+def next_sequence(metadata: list[dict[str, Any]]) -> int:
+    """The sequence number of the next run of a pipeline whose runs hold these metadata.json:
+    one past the highest (1 for the first run, or the first since runs had one)."""
+    return 1 + max((seq for meta in metadata if (seq := sequence_of(meta)) is not None), default=0)
+
+
 # =========================================================================== listing
 @dataclass(frozen=True)
 class PublishedRun:
@@ -226,9 +255,17 @@ class PublishedRun:
         return self.metadata.get("pipeline", pipeline_dir_of(self.dir).name)
 
     @property
-    def order(self) -> tuple[str, str]:
-        """Runs sort by creation time, then run id."""
-        return str(self.metadata.get("created_at") or ""), self.dir.name
+    def seq(self) -> int | None:
+        return sequence_of(self.metadata)
+
+    @property
+    def order(self) -> tuple[int, int, str, str]:
+        """Where the run sorts among its pipeline's runs (``run_order``: by sequence number)."""
+        return run_order(self.metadata, self.dir.name)
+
+    @property
+    def created_at(self) -> str:
+        return str(self.metadata.get("created_at") or "")
 
 
 def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None = None) -> list[PublishedRun]:
@@ -269,10 +306,18 @@ def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None 
     return runs
 
 
+def interleaved(per_pipeline: list[list[PublishedRun]]) -> list[PublishedRun]:
+    """Several pipelines' runs (each list oldest first), newest first: each pipeline's in its
+    own order, the pipelines interleaved by creation time (a skewed clock can only shuffle one
+    pipeline's runs among another's, never reorder a pipeline's own)."""
+    merged = heapq.merge(*per_pipeline, key=lambda run: (run.created_at, run.run_id))
+    return list(merged)[::-1]
+
+
 def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None,
                    skipped: list[str] | None = None) -> list[PublishedRun]:
-    """The published runs of every pipeline (or of one), newest first; what was left out, and
-    why, is appended to ``skipped``."""
+    """The published runs of every pipeline (or of one), newest first (see ``interleaved``);
+    what was left out, and why, is appended to ``skipped``."""
     root = Path(artifacts_dir)
     if pipeline is not None:
         folders = [pipeline_dir(root, pipeline)]
@@ -280,9 +325,7 @@ def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None
         folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     else:
         folders = []
-    runs = [run for folder in folders for run in pipeline_runs(folder, skipped)]
-    runs.sort(key=lambda run: run.order, reverse=True)
-    return runs
+    return interleaved([pipeline_runs(folder, skipped) for folder in folders])
 
 
 def list_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> list[dict[str, Any]]:

@@ -11,20 +11,21 @@ itself lives in the modules beside this one: ``config`` (what to fetch), ``fetch
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks.core.caching import VerifiedCache, retry_only_on
+from tasks.core.caching import VerifiedCache, retry_only_on, same_path
 from tasks.core.datacache import DatasetRecord, cache_problems
 from tasks.core.hashing import code_fingerprint, stable_hash
 from tasks.download import config, fetching, published
-from tasks.download.config import DatasetConfig, expected_for
+from tasks.download.config import DatasetConfig, expected_for, local_path, sources_for
 from tasks.download.decode import dataset_dir, dataset_fingerprint, decode_and_cache
 from tasks.download.errors import TransientDownloadError
-from tasks.download.fetching import ArchiveRecord, cached_archive
+from tasks.download.fetching import ArchiveRecord, cached_archive, final_path
 
 # What decides the fetched record (where the archive lands, what it must hash to, which source
 # gives it): the sources and the fetch; the transfer only moves bytes that fetch then verifies.
@@ -51,6 +52,19 @@ def _fetch_valid(inputs: dict[str, Any], key: str | None) -> bool:
     return key is None or cached_archive(inputs["cfg"], inputs["data_dir"]) is not None
 
 
+def archive_places(cfg: DatasetConfig, data_dir: str) -> list[Path]:
+    """Where this config's archive may be: a local source used in place, or the download in
+    ``data_dir``."""
+    places = [path for src in sources_for(cfg) if (path := local_path(src)) is not None]
+    final = final_path(cfg, data_dir)
+    return places + ([final] if final is not None else [])
+
+
+def _fetch_record(inputs: dict[str, Any], key: str, archive: ArchiveRecord) -> bool:
+    """A cached record names an archive this run would use (not one in a folder since moved)."""
+    return any(same_path(archive.path, place) for place in archive_places(inputs["cfg"], inputs["data_dir"]))
+
+
 def _decode_key(inputs: dict[str, Any]) -> str:
     return dataset_fingerprint(inputs["archive"], inputs["cfg"])
 
@@ -59,13 +73,17 @@ def _decode_valid(inputs: dict[str, Any], key: str) -> bool:
     return not cache_problems(dataset_dir(inputs["archive"], inputs["cfg"], inputs["data_dir"]))
 
 
+def _decode_record(inputs: dict[str, Any], key: str, dataset: DatasetRecord) -> bool:
+    return same_path(dataset.path, dataset_dir(inputs["archive"], inputs["cfg"], inputs["data_dir"]))
+
+
 @task(
     name="fetch-archive",
     retries=4,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_only_on(TransientDownloadError),  # a checksum mismatch or a 404 would fail again
-    cache_policy=VerifiedCache(key_fn=_fetch_key, valid_fn=_fetch_valid),
+    cache_policy=VerifiedCache(key_fn=_fetch_key, valid_fn=_fetch_valid, record_fn=_fetch_record),
     persist_result=True,
 )
 def fetch_archive(cfg: DatasetConfig, data_dir: str) -> ArchiveRecord:
@@ -88,7 +106,7 @@ def follow_checksum(cfg: DatasetConfig) -> DatasetConfig:
 
 @task(
     name="decode-dataset",
-    cache_policy=VerifiedCache(key_fn=_decode_key, valid_fn=_decode_valid),
+    cache_policy=VerifiedCache(key_fn=_decode_key, valid_fn=_decode_valid, record_fn=_decode_record),
     persist_result=True,
 )
 def decode_dataset(archive: ArchiveRecord, cfg: DatasetConfig, data_dir: str) -> DatasetRecord:

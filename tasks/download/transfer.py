@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tasks.core import faults
 from tasks.download.config import DatasetConfig, Expected, archive_name
 from tasks.download.errors import SourceNotFoundError, TransientDownloadError
 from tasks.download.progress import Progress, stage_log
@@ -124,6 +125,9 @@ def _write_body(resp: httpx.Response, part: Path, offset: int, progress: Progres
                 f.write(block)
                 received += len(block)
                 progress.update(len(block))
+                if received == len(block):
+                    f.flush()
+                    faults.reached("download.mid-stream")
         except httpx.TransportError as exc:
             raise _Interrupted(received, f"{type(exc).__name__}: {exc}") from exc
         finally:

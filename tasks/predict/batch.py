@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tasks.core import faults
 from tasks.core.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -96,6 +97,7 @@ def build_folder(final: Path, items: Iterable[Prediction | Failure], title: dict
     tmp.mkdir()
     try:
         manifest = write_outputs(tmp, items, title)
+        faults.reached("score.before-publish")
         fsync_tree(tmp)
         shutil.rmtree(final, ignore_errors=True)  # an altered earlier copy: replaced whole
         os.rename(tmp, final)

@@ -9,11 +9,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks.core.caching import VerifiedCache, retry_only_on, retry_unless
+from tasks.core.caching import VerifiedCache, retry_only_on, retry_unless, same_path
 from tasks.core.errors import CifarError
 from tasks.predict.fetch import TransientFetchError, fetch_url
 from tasks.predict.inputs import InputRecord
-from tasks.predict.jobs import ScoreRecord, existing_scores, score_input, scoring_key
+from tasks.predict.jobs import ScoreRecord, existing_scores, score_input, scores_dir, scoring_key
 from tasks.predict.resolve import ModelRef
 
 
@@ -34,7 +34,11 @@ def _valid_fn(inputs: dict[str, Any], key: str) -> bool:
     return existing_scores(inputs["data_dir"], key) is not None
 
 
-@task(name="score_images", cache_policy=VerifiedCache(key_fn=_key_fn, valid_fn=_valid_fn),
+def _record_fn(inputs: dict[str, Any], key: str, record: ScoreRecord) -> bool:
+    return same_path(record.path, scores_dir(inputs["data_dir"], key))
+
+
+@task(name="score_images", cache_policy=VerifiedCache(key_fn=_key_fn, valid_fn=_valid_fn, record_fn=_record_fn),
       persist_result=True, retries=1, retry_condition_fn=retry_unless(CifarError))
 def score_images(model: ModelRef, source: InputRecord, top_k: int, data_dir: str,
                  label: str | None = None) -> ScoreRecord:

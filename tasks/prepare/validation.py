@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tasks.core import pixels
+from tasks.core import faults, pixels
 from tasks.core.datacache import DatasetRecord, cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, read_json
@@ -276,6 +276,7 @@ def validate_cached_dataset(dataset: DatasetRecord, cfg: PrepareConfig, data_dir
             where=f"dataset {dataset.path}",
         )
         summary = {"key": key, "fingerprint": dataset.fingerprint, **summary}
+        faults.reached("validate.before-record")
         atomic_write_json(out, summary)
     get_logger().info(
         "validated %s: %d checks passed in %.2f s; %d train/test duplicates; channel mean %s",

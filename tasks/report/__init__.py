@@ -15,7 +15,7 @@ from typing import Any
 from prefect import task
 
 from tasks.core import runs
-from tasks.core.caching import VerifiedCache, retry_unless
+from tasks.core.caching import VerifiedCache, retry_unless, same_path
 from tasks.core.errors import CifarError
 from tasks.core.files import read_json
 from tasks.core.hashing import hash_file, stable_hash
@@ -36,9 +36,16 @@ def _report_valid(inputs: dict[str, Any], key: str) -> bool:
             and runs.index_path(inputs["artifacts_dir"]).is_file())
 
 
+def _report_record(inputs: dict[str, Any], key: str, record: ReportRecord) -> bool:
+    """The cached record names this run's report and this ``artifacts_dir``'s index."""
+    return (same_path(record.report, Path(inputs["run"].path) / runs.REPORT)
+            and same_path(record.index, runs.index_path(inputs["artifacts_dir"])))
+
+
 # Retries I/O hiccups, never a CifarError (a broken run folder stays broken).
 @task(name="build-report", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless(CifarError),
-      persist_result=True, cache_policy=VerifiedCache(key_fn=_report_key, valid_fn=_report_valid))
+      persist_result=True, cache_policy=VerifiedCache(key_fn=_report_key, valid_fn=_report_valid,
+                                                      record_fn=_report_record))
 def build_report(run: Any, cfg: ReportConfig, artifacts_dir: str) -> ReportRecord:
     """Render the run's report.html and artifacts/index.html; publish Prefect artifacts."""
     log = get_logger()

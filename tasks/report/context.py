@@ -223,6 +223,7 @@ def index_rows(artifacts_dir: str | Path, pipeline: str | None = None,
             "dir": run.dir,
             "pipeline": run.pipeline,
             "run_id": run.run_id,
+            "order": run.order,  # within its pipeline (runs.run_order: by sequence, not by clock)
             "created_at": meta.get("created_at", ""),
             "model": (meta.get("model") or {}).get("name", ""),
             "epochs": training.get("epochs"),
@@ -243,7 +244,7 @@ def _comparison(meta: dict[str, Any], history: list[dict[str, Any]], artifacts_d
     champ_id = (meta.get("promotion") or {}).get("champion_before")
     champ_hist = runs.read_history(runs.run_dir(artifacts_dir, pipeline, champ_id)) if champ_id else None
     earlier = [r for r in index_rows(artifacts_dir, pipeline)
-               if (r["created_at"], r["run_id"]) < (meta.get("created_at", ""), run_id)
+               if r["order"] < runs.run_order(meta, run_id)
                and r["run_id"] != champ_id][:COMPARED_RUNS]
     prev = [(r["run_id"], h) for r in earlier if (h := runs.read_history(r["dir"]))]
     png = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.core import runs
+from tasks.core import faults, runs
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_text
 from tasks.core.hashing import code_fingerprint
@@ -102,6 +102,7 @@ def render_report(run_dir: str | Path, cfg: ReportConfig | None = None,
     artifacts_dir = Path(artifacts_dir) if artifacts_dir else runs.artifacts_dir_of(run_dir)
     ctx = build_report_context(run, cfg, artifacts_dir, _load_test_images(meta))
     html = _jinja_env().get_template("report.html.j2").render(**ctx)
+    faults.reached("report.before-write")
     return atomic_write_text(run_dir / runs.REPORT, html)
 
 

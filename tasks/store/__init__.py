@@ -12,7 +12,7 @@ from typing import Any
 from prefect import task
 
 from tasks.core import runs
-from tasks.core.caching import VerifiedCache, retry_unless
+from tasks.core.caching import VerifiedCache, retry_unless, same_path
 from tasks.core.errors import CifarError
 from tasks.store.saving import RunRecord, existing_run, store_key, store_run
 
@@ -25,9 +25,14 @@ def _valid_fn(inputs: dict[str, Any], key: str) -> bool:
     return existing_run(runs.pipeline_dir(inputs["artifacts_dir"], inputs["pipeline"]["name"]), key) is not None
 
 
+def _record_fn(inputs: dict[str, Any], key: str, run: RunRecord) -> bool:
+    """The cached record names the run folder in this run's ``artifacts_dir``."""
+    return same_path(run.path, runs.run_dir(inputs["artifacts_dir"], inputs["pipeline"]["name"], run.run_id))
+
+
 @task(
     name="save_run",
-    cache_policy=VerifiedCache(key_fn=_key_fn, valid_fn=_valid_fn),
+    cache_policy=VerifiedCache(key_fn=_key_fn, valid_fn=_valid_fn, record_fn=_record_fn),
     persist_result=True,
     retries=1,
     # Retry unexpected errors once; never a CifarError (a tampered file stays tampered).

@@ -43,8 +43,16 @@ def clean_stale(runs_folder: Path) -> list[str]:
     return removed
 
 
-def prune_runs(pipeline_dir: str | os.PathLike, keep_last: int | None, champion_id: str | None) -> list[str]:
-    """Delete all but the newest ``keep_last`` runs, never the champion; returns the removed ids.
+def doomed_runs(published: list[str], keep_last: int, spared: set[str]) -> list[str]:
+    """Which of ``published`` (run ids, oldest first) ``keep_last`` removes: all but the newest
+    ``keep_last``, never one of ``spared`` (the champion, the run being published)."""
+    return [run_id for run_id in published[: max(len(published) - keep_last, 0)] if run_id not in spared]
+
+
+def prune_runs(pipeline_dir: str | os.PathLike, keep_last: int | None, champion_id: str | None,
+               keep: str | None = None) -> list[str]:
+    """Delete all but the newest ``keep_last`` runs (by ``tasks.core.runs.run_order``), never the
+    champion nor ``keep`` (the run being published); returns the removed ids.
 
     Store-key mappings that pointed at a removed run go too. ``keep_last`` None keeps all."""
     pipeline_dir = Path(pipeline_dir)
@@ -52,12 +60,10 @@ def prune_runs(pipeline_dir: str | os.PathLike, keep_last: int | None, champion_
         return []
     if keep_last < 1:
         raise ValueError(f"keep_last must be at least 1, got {keep_last}")
-    published = [run.dir for run in runs.pipeline_runs(pipeline_dir)]  # oldest first
-    doomed = [d for d in published[: max(len(published) - keep_last, 0)] if d.name != champion_id]
-    removed = []
-    for d in doomed:
-        _remove_dir(d)
-        removed.append(d.name)
+    published = [run.run_id for run in runs.pipeline_runs(pipeline_dir)]  # oldest first
+    removed = doomed_runs(published, keep_last, {champion_id, keep} - {None})
+    for run_id in removed:
+        _remove_dir(runs.runs_dir(pipeline_dir) / run_id)
     keys_dir = runs.store_keys_dir(pipeline_dir)
     if removed and keys_dir.is_dir():
         for k in keys_dir.glob("*.json"):

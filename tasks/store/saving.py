@@ -12,12 +12,13 @@ reload, serve and compare a trained model::
     metrics.json       test loss/accuracy, per-class precision/recall/accuracy, confusion matrix
     predictions.npz    y_true, y_pred, probs over the cached test split, in order
     metadata.json      config, dataset, validation, cache keys, versions, devices, stage times,
-                       the model's layers, train.json, the promotion decision, every file's sha256
+                       the model's layers, train.json, the promotion decision, every file's sha256,
+                       and ``seq``: the run's place in its pipeline (``tasks.core.runs.run_order``)
 
 It is written into a dot-prefixed temp folder beside the runs and renamed into place only when
 complete, so a crash never leaves a half-run that a listing could see. Per pipeline,
 registry.json names the champion (see ``tasks.store.promotion``); ``keep_last`` prunes old runs,
-never the champion.
+never the champion nor the run being published. The run's ``seq`` is given under the same lock.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core import kernels, pixels, runs
+from tasks.core import faults, kernels, pixels, runs
 from tasks.core.datacache import cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
@@ -198,6 +199,7 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
         if note:
             get_logger().warning("%s: %s", meta["pipeline"], note)
             registry["champion"] = champion  # the registry names the champion actually judged against
+        meta[runs.SEQ] = runs.next_sequence([run.metadata for run in runs.pipeline_runs(pipeline_dir)])
         previous = promotion.previous_run(pipeline_dir, cfg.metric)
         if champion is not None and data is not None:  # the same test images for both, or re-scored
             champion = promotion.on_test_split(champion, pipeline_dir, data, meta["dataset"]["test_split"], cfg)
@@ -209,6 +211,7 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
         final = runs_folder / run_id
         os.rename(folder, final)
         fsync_dir(runs_folder)
+        faults.reached("save.before-registry")
         registry_file = runs.registry_path(pipeline_dir)
         if decision["promoted"]:
             registry["champion"] = {
@@ -222,8 +225,9 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
         elif note or not registry_file.exists():
             atomic_write_json(registry_file, registry)
         atomic_write_json(runs.store_key_path(pipeline_dir, key), {"run_id": run_id})
+        faults.reached("save.after-registry")
         champion_id = (registry.get("champion") or {}).get("run_id")
-        removed = prune_runs(pipeline_dir, keep_last, champion_id)
+        removed = prune_runs(pipeline_dir, keep_last, champion_id, keep=run_id)
         clean_stale(runs_folder)
     return decision, final, removed
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.core.caching import VerifiedCache
+from tasks.core.caching import VerifiedCache, same_path
 from tasks.core.datacache import DatasetRecord
 from tasks.train.config import TrainingConfig, TrainRecord
 from tasks.train.inputs import PrepareSettings
@@ -35,7 +35,12 @@ def _task_valid(inputs: dict[str, Any], key: str) -> bool:
     return not trained_problems(model_dir(inputs["data_dir"], key))
 
 
-@task(name="train_model", retries=1, cache_policy=VerifiedCache(key_fn=_task_key, valid_fn=_task_valid),
+def _task_record(inputs: dict[str, Any], key: str, trained: TrainRecord) -> bool:
+    return same_path(trained.path, model_dir(inputs["data_dir"], key))
+
+
+@task(name="train_model", retries=1, cache_policy=VerifiedCache(
+          key_fn=_task_key, valid_fn=_task_valid, record_fn=_task_record),
       persist_result=True, timeout_seconds=None)
 def train_model(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
                 prepare: PrepareSettings, data_dir: str, force: bool = False,

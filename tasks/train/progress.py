@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.core import faults
 from tasks.core.files import atomic_write_json, read_json
 from tasks.core.logs import get_logger
 
@@ -67,6 +68,10 @@ class EpochTracker:
 
             def on_epoch_end(self, epoch, logs=None):
                 tracker.record(epoch + 1, logs or {})
+
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 0 and len(tracker.rows) >= 1:  # the first batch after an epoch was saved
+                    faults.reached("fit.mid-epoch")
 
         class AnnounceEpoch(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):

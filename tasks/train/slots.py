@@ -199,8 +199,8 @@ def training_slot(slots: int | None, what: str, workers_here: int = 1) -> Iterat
     while (got := _acquire(paths)) is None:
         if said is None or time.monotonic() - said >= REPEAT_SECONDS:
             held = "; ".join(describe(h) for h in holders(name, size)) or "(released just now)"
-            log.info("%s: waiting %.0f s so far for a slot of %s (%d at a time), held by %s", what,
-                     time.monotonic() - t0, name, size, held)
+            log.info("%s: waiting for a slot of %s (%d at a time; %.0f s so far), held by %s", what,
+                     name, size, time.monotonic() - t0, held)
             said = time.monotonic()
         time.sleep(POLL_SECONDS)
     fd, path = got
