@@ -267,7 +267,8 @@ def cmd_serve(args) -> int:
     from flows.deploy import serve
 
     settings = _settings(args)
-    serve(settings, args.only, parse_set(args.overrides))
+    with interrupts.ctrl_c_as_sigterm():
+        serve(settings, args.only, parse_set(args.overrides))
     # Prefect's serve returns only when a signal stopped it (it handles SIGTERM and Ctrl-C itself,
     # cancelling the runs in progress): say so, with the signal's exit code.
     signum = interrupts.last_signal() or interrupts.signal.SIGTERM

@@ -39,9 +39,30 @@ def _raise(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+_gentle: list[bool] = []  # while set: the first Ctrl-C stops as SIGTERM would (see ctrl_c_as_sigterm)
+
+
 def _interrupt(signum: int, frame) -> None:
     _received.append(signum)
+    term = signal.getsignal(signal.SIGTERM)
+    if _gentle and _received.count(signal.SIGINT) == 1 and callable(term) and term is not _raise:
+        term(signal.SIGTERM, frame)  # the handler a library put in for SIGTERM: its own clean stop
+        return
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_as_sigterm() -> Iterator[None]:
+    """For the block, the first Ctrl-C runs the SIGTERM handler that code inside installed, when
+    there is one, instead of raising KeyboardInterrupt; a second Ctrl-C raises. Prefect's runner
+    (``cifar serve``) stops cleanly on SIGTERM, cancelling its flow runs and waiting for them; a
+    KeyboardInterrupt in its event loop abandons them, killed before they can report, so they
+    would stay Running."""
+    _gentle.append(True)
+    try:
+        yield
+    finally:
+        _gentle.pop()
 
 
 def last_signal() -> int | None:

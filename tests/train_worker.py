@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = record_from_manifest(args.dataset_dir, read_json(Path(args.dataset_dir) / "manifest.json"))
     cfg = TrainingConfig(epochs=args.epochs, batch_size=args.batch, strategy=args.strategy)
+    # the two workers of a multi-worker cluster on this machine hold a training slot each, as
+    # `train_slots: 2` in pipelines.yaml gives them (tasks/train/slots.py)
     rec = run_training(dataset, None, "seed_cnn", cfg, PrepareConfig(), args.data_dir, force=args.force,
-                       extra_callbacks=(Pause(),) if args.pause_at_epoch else ())
+                       extra_callbacks=(Pause(),) if args.pause_at_epoch else (),
+                       slots=2 if args.strategy == "multi_worker" else None)
     print("RESULT " + json.dumps({"key": rec.key, "path": rec.path}), flush=True)
     return 0
 

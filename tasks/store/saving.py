@@ -178,6 +178,47 @@ def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset):
     return model, data, y_true, probs, metrics
 
 
+def _champion_entry(run_id: str, decision: dict[str, Any], cfg: PromoteConfig) -> dict[str, Any]:
+    return {"run_id": run_id, "metric": cfg.metric, "value": decision["value"],
+            "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "reason": decision["reason"]}
+
+
+def rolled_forward(pipeline_dir: Path, registry: dict[str, Any], cfg: PromoteConfig) -> str | None:
+    """The run a save killed between publishing it and updating registry.json left unnamed: the
+    newest run whose metadata.json says it was promoted, when it came after (a higher ``seq``)
+    the registry's champion or there is none. ``registry`` then names it; returns its id, or None
+    when there is nothing to finish (a champion whose folder is gone is ``effective_champion``'s)."""
+    published = runs.pipeline_runs(pipeline_dir)
+    by_id = {r.run_id: r for r in published}
+    current = (registry.get("champion") or {}).get("run_id")
+    if current and current not in by_id:
+        return None
+    floor = (runs.sequence_of(by_id[current].metadata) or 0) if current else -1
+    pending = [r for r in published if (r.metadata.get("promotion") or {}).get("promoted")
+               and (runs.sequence_of(r.metadata) or 0) > floor and r.run_id != current]
+    if not pending:
+        return None
+    run = pending[-1]
+    registry["champion"] = _champion_entry(run.run_id, run.metadata["promotion"], cfg)
+    get_logger().warning("%s: run %s was published and promoted by a save that stopped before it updated "
+                         "registry.json: the registry now names it", run.pipeline, run.run_id)
+    return run.run_id
+
+
+def settle_run(pipeline_dir: Path, run_dir: Path, cfg: PromoteConfig, keep_last: int | None) -> str | None:
+    """Finish what a save killed after publishing ``run_dir`` left undone (``rolled_forward``, then
+    pruning), when a rerun finds that run holds its model. Returns the run rolled forward, if any."""
+    with file_lock(pipeline_dir / ".registry.lock", f"the registry of {pipeline_dir.name}"):
+        registry, problem = runs.load_registry(pipeline_dir)
+        rolled = None if problem else rolled_forward(pipeline_dir, registry, cfg)
+        if rolled:
+            atomic_write_json(runs.registry_path(pipeline_dir), registry)
+        prune_runs(pipeline_dir, keep_last, (registry.get("champion") or {}).get("run_id"), keep=run_dir.name)
+        clean_stale(runs.runs_dir(pipeline_dir))
+    return rolled
+
+
 def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: float, cfg: PromoteConfig,
              keep_last: int | None, started: float, refused: str | None = None,
              data=None) -> tuple[dict[str, Any], Path, list[str]]:
@@ -195,6 +236,8 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
                              "file; move it away and run again (the registry is rebuilt from the runs)")
         if problem:
             get_logger().warning("%s; rebuilding it from the runs' metadata", problem)
+        elif rolled_forward(pipeline_dir, registry, cfg):
+            atomic_write_json(runs.registry_path(pipeline_dir), registry)
         champion, note = promotion.effective_champion(pipeline_dir, registry, problem, cfg)
         if note:
             get_logger().warning("%s: %s", meta["pipeline"], note)
@@ -208,23 +251,19 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
         meta["stages"]["save"] = {"seconds": round(time.perf_counter() - started, 3), "cache_hit": False}
         atomic_write_json(folder / runs.METADATA, meta)
         fsync_tree(folder)  # every file on disk before the folder appears
+        # The store key first: a run killed after the rename is then found by the next save, which
+        # finishes its registry update (settle_run) instead of saving the same model twice.
+        atomic_write_json(runs.store_key_path(pipeline_dir, key), {"run_id": run_id})
         final = runs_folder / run_id
         os.rename(folder, final)
         fsync_dir(runs_folder)
         faults.reached("save.before-registry")
         registry_file = runs.registry_path(pipeline_dir)
         if decision["promoted"]:
-            registry["champion"] = {
-                "run_id": run_id,
-                "metric": cfg.metric,
-                "value": decision["value"],
-                "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "reason": decision["reason"],
-            }
+            registry["champion"] = _champion_entry(run_id, decision, cfg)
             atomic_write_json(registry_file, registry)
         elif note or not registry_file.exists():
             atomic_write_json(registry_file, registry)
-        atomic_write_json(runs.store_key_path(pipeline_dir, key), {"run_id": run_id})
         faults.reached("save.after-registry")
         champion_id = (registry.get("champion") or {}).get("run_id")
         removed = prune_runs(pipeline_dir, keep_last, champion_id, keep=run_id)
@@ -261,7 +300,9 @@ def store_run(
         found = existing_run(pdir, key)
         if found is not None:
             log.info("run %s already holds this model (store key %s): reusing it", found.name, key)
-            return _run_record(found, read_json(found / runs.METADATA), reused=True)
+            meta = read_json(found / runs.METADATA)
+            settle_run(pdir, found, cfg, pipeline.get("keep_last"))
+            return _run_record(found, meta, reused=True)
 
         tdir, train_json, history = _read_train_outputs(trained)
         now = datetime.now(timezone.utc)
