@@ -116,7 +116,8 @@ def message(command: str, signum: int) -> str:
     line = f"interrupted by {NAMES.get(signum, f'signal {signum}')}: {what} stopped"
     if command.startswith(("cifar run", "cifar data")):
         line += ("; its flow run is marked Crashed. Run the same command again: finished stages are "
-                 "cached and training resumes at the next epoch")
+                 "cached and a download resumes where it stopped"
+                 + (", a training at the next epoch" if command.startswith("cifar run") else ""))
     return line
 
 
