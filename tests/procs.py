@@ -32,6 +32,14 @@ def exe(name: str) -> str:
     return str(path)
 
 
+def interruptible() -> None:
+    """``preexec_fn``: the child starts with Ctrl-C's default action, as from a terminal. A test
+    run in the background of a non-interactive shell (``make test &``, some CI runners) inherits
+    SIGINT ignored, and Python then never turns SIGINT into KeyboardInterrupt: the Ctrl-C tests
+    would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,7 +99,7 @@ class Proc:
         self._out = open(self.log, "ab")
         self.popen = subprocess.Popen(
             self.argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            env=env, cwd=cwd, start_new_session=True, preexec_fn=interruptible,
         )
 
     @property
@@ -154,7 +162,7 @@ class Procs:
         with open(log, "wb") as out:
             popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=interruptible)
             try:
                 rc = popen.wait(timeout)
             except subprocess.TimeoutExpired:

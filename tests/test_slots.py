@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import interruptible
 from tasks.train.slots import holders, limit_name, training_slot
 
 NAME = limit_name()
@@ -32,7 +33,8 @@ def _holder(slot_dir: Path, seconds: float = 60, slots: int = 1) -> subprocess.P
     """)
     env = {**os.environ, "CIFAR_SLOT_DIR": str(slot_dir)}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env,
-                            cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+                            cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+                            preexec_fn=interruptible)
     assert proc.stdout.readline().strip() == b"held"
     return proc
 
@@ -102,7 +104,8 @@ def test_a_signal_ends_a_wait_for_a_slot_at_once(slot_dir, sig):
     """)
     waiter = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env={**os.environ, "CIFAR_SLOT_DIR": str(slot_dir)},
-                              cwd=Path(__file__).resolve().parents[1], start_new_session=True)
+                              cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+                              preexec_fn=interruptible)
     try:
         assert waiter.stdout.readline().strip() == b"waiting"
         time.sleep(1.0)
