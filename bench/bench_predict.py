@@ -101,10 +101,10 @@ def main() -> int:
     cli = [sys.executable, "-m", "flows.cli", "predict", "--config", args.config]
     cli += ["--pipeline", args.pipeline] if args.pipeline else []
 
-    from flows.predict_cli import config_artifacts_dir
+    from flows.config import load_settings
     from tasks.predict.resolve import resolve_model
 
-    ref = resolve_model(config_artifacts_dir(args.config, []), args.pipeline)
+    ref = resolve_model(load_settings(args.config, schedules=False).artifacts_dir, args.pipeline)
     tf_import, predict10, savedmodel10 = [], [], []
     for _ in range(args.repeat):
         tf_import.append(timed([sys.executable, "-c", "import tensorflow"], env)[0])

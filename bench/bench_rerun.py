@@ -54,7 +54,8 @@ def child(args: argparse.Namespace) -> None:
 
     mark("import_cli_prefect_s")
     import flows.cifar  # noqa: F401
-    import tasks.download, tasks.prepare, tasks.report, tasks.store, tasks.train  # noqa: E401, F401
+    import tasks.download.tasks, tasks.prepare.tasks, tasks.report.tasks  # noqa: E401, F401
+    import tasks.store.tasks, tasks.train.tasks  # noqa: E401, F401
 
     mark("import_flow_and_stages_s")
     from flows.config import load_settings, parse_set

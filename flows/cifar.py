@@ -54,12 +54,12 @@ def _settings(pipeline: str, overrides: dict[str, Any] | None, config: str) -> t
 
 
 def _prepare_data(stages: _Stages, chosen: PipelineConfig):
-    from tasks.download import decode_dataset, fetch_archive, retry_options
-    from tasks.prepare import validate_dataset
+    from tasks.download.tasks import decode_dataset, fetch_archive, retry_options
+    from tasks.prepare.tasks import validate_dataset
 
     cfg = chosen.dataset
     if cfg.sha256_url:  # read the published checksum at every run; the fetch then pins to it
-        from tasks.download import follow_checksum
+        from tasks.download.tasks import follow_checksum
 
         cfg = stages.run("download", follow_checksum, cfg, options=retry_options(cfg))
     archive = stages.run("download", fetch_archive, cfg, stages.data_dir, options=retry_options(cfg))
@@ -102,9 +102,9 @@ def cifar(
     ``force`` retrains even when a trained model for the same inputs exists; ``scheduled`` is set
     by the deployment's schedule (``schedule.retrain: always`` gives those runs a fresh seed).
     """
-    from tasks.report import build_report
-    from tasks.store import save_run
-    from tasks.train import train_model
+    from tasks.report.tasks import build_report
+    from tasks.store.tasks import save_run
+    from tasks.train.tasks import train_model
     from tasks.train.board import copy_logs
 
     settings, chosen = _settings(pipeline, overrides, config)

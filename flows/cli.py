@@ -22,37 +22,14 @@ from flows.jobs import HEARTBEAT_ENV, HEARTBEAT_SECONDS  # noqa: E402
 if not any(os.environ.get(v) for v in HEARTBEAT_ENV):
     os.environ[HEARTBEAT_ENV[0]] = str(HEARTBEAT_SECONDS)
 
-from typing import TYPE_CHECKING  # noqa: E402
-
+# Neither flows.config nor any stage's config imports Prefect or TensorFlow (tests/test_imports.py):
+# --help and `cifar predict` start at once; the commands that run flows import Prefect themselves.
 from flows import interrupts  # noqa: E402
+from flows.config import DEFAULT_CONFIG, Settings, config_schema, load_settings, parse_set  # noqa: E402
 from flows.failures import disk_fault, quiet_expected_tracebacks  # noqa: E402
 from flows.predict_cli import add_predict_parser, cmd_predict  # noqa: E402
 from tasks.core.errors import CifarError, ConfigError  # noqa: E402
-
-if TYPE_CHECKING:
-    from flows.config import Settings
-
-# flows.config imports every stage's config and with them Prefect (~2.5 s): it loads when a
-# command first needs it, so `cifar predict` (no Prefect at all) and --help start at once.
-DEFAULT_CONFIG = "pipelines.yaml"  # = flows.config.DEFAULT_CONFIG (tests/test_predict.py checks)
-
-
-def load_settings(*args, **kwargs) -> Settings:
-    from flows.config import load_settings as load
-
-    return load(*args, **kwargs)
-
-
-def parse_set(items: list[str] | None) -> dict[str, Any]:
-    from flows.config import parse_set as parse
-
-    return parse(items)
-
-
-def config_schema() -> dict[str, Any]:
-    from flows.config import config_schema as schema
-
-    return schema()
+from tasks.download.errors import TransientDownloadError  # noqa: E402
 
 
 def _common(cmd: argparse.ArgumentParser) -> None:
@@ -306,10 +283,6 @@ COMMANDS = {
 
 def _hint(exc: CifarError) -> str | None:
     """What to do next, for failures whose remedy is not the failing stage's business."""
-    if "tasks.download.errors" not in sys.modules:
-        return None  # no download ran in this process (and importing it would load Prefect)
-    from tasks.download.errors import TransientDownloadError
-
     if isinstance(exc, TransientDownloadError):
         return ("If this machine cannot reach that URL: check the network or proxy, add `mirrors:` "
                 "to the dataset, or copy the archive here and set dataset.source to its path (the "

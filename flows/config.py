@@ -48,6 +48,8 @@ class ScheduleConfig:
     retrain: Literal["on-change", "always"] = "on-change"
 
     def problems(self) -> list[tuple[str, str]]:
+        # Prefect's own validator (what `cifar serve` will build), loaded only for a schedule:
+        # reading the file never imports Prefect otherwise.
         from prefect.client.schemas.schedules import CronSchedule
 
         try:
@@ -284,13 +286,16 @@ def _message(error: ErrorDetails) -> str:
     return f"{_key_path(loc)}: {text}"
 
 
-def _cross_field(obj: Any, loc: Loc, failed: list[Loc]) -> list[tuple[Loc, str]]:
+def _cross_field(obj: Any, loc: Loc, failed: list[Loc], schedules: bool = True) -> list[tuple[Loc, str]]:
     """The ``problems()`` of ``obj`` and of the configs inside it, except those about a key whose
-    value already failed its type check (it was left out, so the check would judge the default)."""
+    value already failed its type check (it was left out, so the check would judge the default),
+    and those of a schedule unless ``schedules``."""
+    if isinstance(obj, ScheduleConfig) and not schedules:
+        return []
     out: list[tuple[Loc, str]] = []
     for f in dataclasses.fields(obj):
         if dataclasses.is_dataclass(inner := getattr(obj, f.name)):
-            out += _cross_field(inner, (*loc, f.name), failed)
+            out += _cross_field(inner, (*loc, f.name), failed, schedules)
     wrong = {bad[len(loc)] for bad in failed if len(bad) > len(loc) and bad[:len(loc)] == loc}
     for key, text in obj.problems() if hasattr(obj, "problems") else []:
         if key.split(".")[0].split("[")[0] not in wrong:
@@ -298,7 +303,7 @@ def _cross_field(obj: Any, loc: Loc, failed: list[Loc]) -> list[tuple[Loc, str]]
     return out
 
 
-def _check(raw: dict) -> tuple[PipelinesFile | None, list[str]]:
+def _check(raw: dict, schedules: bool = True) -> tuple[PipelinesFile | None, list[str]]:
     """Every problem of the (overridden) file, type errors and cross-field ones, by pipeline."""
     pipes = raw.get("pipelines") if isinstance(raw.get("pipelines"), dict) else {}
     rank = {("pipelines", name): i for i, name in enumerate(pipes)}  # before _typed drops any
@@ -312,7 +317,7 @@ def _check(raw: dict) -> tuple[PipelinesFile | None, list[str]]:
     found = [(e["loc"], _message(e)) for e in errors]
     if built is not None:
         for name, pipeline in built.pipelines.items():
-            found += _cross_field(pipeline, ("pipelines", name), [e["loc"] for e in errors])
+            found += _cross_field(pipeline, ("pipelines", name), [e["loc"] for e in errors], schedules)
     found.sort(key=lambda item: rank.get(item[0][:2], -1))  # top-level first, then by pipeline
     return (None if errors else built), [text for _, text in found]
 
@@ -405,13 +410,19 @@ def load_settings(
     path: str | os.PathLike = DEFAULT_CONFIG,
     overrides: dict[str, Any] | None = None,
     pipeline: str | None = None,
+    *,
+    schedules: bool = True,
 ) -> Settings:
-    """Read, override and validate; raise ConfigError listing every problem with its key path."""
+    """Read, override and validate; raise ConfigError listing every problem with its key path.
+
+    ``schedules=False`` leaves out the check of the cron schedules, the one check that needs
+    Prefect (its own validator, ``ScheduleConfig.problems``): ``cifar predict`` runs no schedule
+    and never imports Prefect. Types, names and paths are checked all the same."""
     path = Path(path).expanduser().resolve()
     raw = _read(path)
     problems = _apply(raw, pipeline, overrides or {})
     names = list(raw["pipelines"]) if isinstance(raw.get("pipelines"), dict) else None
-    built, found = _check(raw)
+    built, found = _check(raw, schedules)
     problems += found
     if pipeline is not None and names is not None and pipeline not in names:
         problems.append(f"no pipeline named {pipeline!r}; pipelines in this file: {', '.join(names)}")

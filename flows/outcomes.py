@@ -205,14 +205,11 @@ def metric_value(run_dir: str, metric: str) -> float | None:
 def code_versions() -> dict[str, str]:
     """Each stage's code version, as its cache key counts it (recorded in metadata.json, so a
     report can say which stage's code changed since the champion)."""
-    from tasks.core import pixels
-    from tasks.core.hashing import code_fingerprint
-    from tasks.download import FETCH_CODE_VERSION
     from tasks.download.decode import CODE_VERSION
-    from tasks.prepare import contracts, summaries, validation
+    from tasks.download.fetching import FETCH_CODE_VERSION
+    from tasks.prepare.validation import validation_code_version
     from tasks.store.saving import store_code_version
-    from tasks.train.run import TRAINING_CODE
+    from tasks.train.run import training_code_version
 
-    return {"download": FETCH_CODE_VERSION, "decode": CODE_VERSION,
-            "prepare": code_fingerprint(summaries, contracts, validation, pixels),
-            "train": code_fingerprint(*TRAINING_CODE), "store": store_code_version()}
+    return {"download": FETCH_CODE_VERSION, "decode": CODE_VERSION, "prepare": validation_code_version(),
+            "train": training_code_version(), "store": store_code_version()}

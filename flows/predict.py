@@ -78,7 +78,7 @@ def cifar_predict(
     4) publish - predictions.csv and predictions.html copied into ``output``, a table artifact of
        the class counts and a link artifact to the page.
     """
-    from tasks.predict import fetch_input, score_images
+    from tasks.predict.tasks import fetch_input, score_images
     from tasks.predict.batch import CSV, PAGE, publish_copy
     from tasks.predict.engine import verified_file
     from tasks.predict.fetch import is_url

@@ -1,9 +1,9 @@
 """``cifar predict``: the classes of image files, folders or archives, from a run's model.
 
 Fast by what it leaves out: it never imports Prefect, Keras or TensorFlow (the model is the
-run's LiteRT flatbuffer; ``tasks.predict.engine``), and it reads only ``artifacts_dir`` from the
-pipelines file instead of validating every pipeline (``flows.config`` imports every stage and
-with them Prefect: ~2.5 s). ``cifar check`` validates the file.
+run's LiteRT flatbuffer; ``tasks.predict.engine``). It reads the pipelines file as every command
+does (``flows.config``, which loads none of them), less the check of cron schedules (Prefect's),
+and uses only its ``artifacts_dir``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from flows.config import load_settings, parse_set
 from tasks.core.errors import ConfigError
-
-ARTIFACTS_DIR = "artifacts"  # flows.config's default for artifacts_dir
 
 
 def _positive(value: str) -> int:
@@ -45,37 +44,17 @@ def add_predict_parser(sub, common) -> None:
     common(cmd)
 
 
-def _relative_to(base: Path, value: str) -> Path:
-    """As flows.config resolves a path of the file: ~ and $VARS expanded, relative to the file."""
-    given = Path(os.path.expandvars(value)).expanduser()
-    return (given if given.is_absolute() else base / given).resolve()
-
-
-def config_artifacts_dir(config: str | os.PathLike, overrides: list[str]) -> Path:
-    """``artifacts_dir`` of the pipelines file (or ``--set artifacts_dir=DIR``), resolved as
-    ``flows.config.load_settings`` resolves it."""
-    import yaml
-
-    path = Path(config).expanduser().resolve()
-    value = None
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if key.strip() != "artifacts_dir" or not sep:
-            raise ConfigError([(f"--set {item!r}: cifar predict reads only artifacts_dir from the config "
+def predict_artifacts_dir(config: str | os.PathLike, overrides: list[str]) -> Path:
+    """``artifacts_dir`` of the pipelines file (or ``--set artifacts_dir=DIR``), as
+    ``flows.config.load_settings`` reads it for every command. No other ``--set``: it would not
+    apply to predictions."""
+    sets = parse_set(overrides)
+    for key in sets:
+        if key != "artifacts_dir":
+            raise ConfigError([(f"--set {key}: cifar predict reads only artifacts_dir from the config "
                                 "(--set artifacts_dir=DIR); other settings do not apply to predictions")],
                               "command line")
-        value = yaml.safe_load(raw) if raw.strip() else ""  # typed as flows.config.parse_set types it
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError([f"file not found; pass --config FILE or create {path.name}"], str(path)) from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([f"not readable YAML: {exc}"], str(path)) from None
-    if value is None:
-        value = raw.get("artifacts_dir", ARTIFACTS_DIR) if isinstance(raw, dict) else ARTIFACTS_DIR
-    if not isinstance(value, str) or not value:
-        raise ConfigError([f"artifacts_dir: expected a folder name, got {value!r}"], str(path))
-    return _relative_to(path.parent, value)
+    return load_settings(config, sets, schedules=False).artifacts_dir
 
 
 def _emit(items, as_json: bool) -> tuple[int, int]:
@@ -105,7 +84,7 @@ def cmd_predict(args) -> int:
     from tasks.predict.resolve import resolve_model
     from tasks.predict.scoring import predict_sources
 
-    ref = resolve_model(config_artifacts_dir(args.config, args.overrides), args.pipeline, args.run)
+    ref = resolve_model(predict_artifacts_dir(args.config, args.overrides), args.pipeline, args.run)
     scorer = Scorer(ref)
     h, w, c = scorer.input_shape
     print(f"model: {ref.pipeline} run {ref.run_id}{' (champion)' if ref.champion else ''}, "

@@ -583,7 +583,7 @@ def _bound(task, data_dir: Path, **options):
 def test_engine_retries_503s_then_caches_and_rebuilds_an_altered_array(prefect_engine, tmp_path, binary, server):
     from prefect import flow
 
-    from tasks.download import decode_dataset, fetch_archive
+    from tasks.download.tasks import decode_dataset, fetch_archive
 
     data = tmp_path / "data"
     cfg = url_cfg(binary, server.add("c.tar.gz", binary.path))
@@ -616,7 +616,7 @@ def test_engine_retries_503s_then_caches_and_rebuilds_an_altered_array(prefect_e
 
 @pytest.mark.engine
 def test_engine_does_not_retry_a_checksum_mismatch(prefect_engine, tmp_path, binary, server):
-    from tasks.download import fetch_archive
+    from tasks.download.tasks import fetch_archive
 
     cfg = url_cfg(binary, server.add("c.tar.gz", binary.path))
     server.default["c.tar.gz"] = flip(10)

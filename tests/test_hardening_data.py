@@ -380,7 +380,7 @@ def test_engine_rebuilds_the_cache_when_its_manifest_was_edited(prefect_engine, 
     from prefect import flow
 
     from tasks.core.caching import bind_local
-    from tasks.download import decode_dataset
+    from tasks.download.tasks import decode_dataset
 
     built = build_image_folder(tmp_path / "src", "tar.gz")
     data = tmp_path / "data"

@@ -328,31 +328,39 @@ def test_predict_model_errors_are_clear(project, photos, tmp_path):
     assert "was not loaded" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_predict_never_imports_prefect_keras_or_tensorflow(project, photos):
-    r = cifar_predict(project, photos / "folder" / "test0.png", extra_python=("-X", "importtime"))
+def test_predict_never_imports_prefect_keras_or_tensorflow(project, photos, tmp_path):
+    # Read by flows.config, as every command reads it: a file elsewhere, with a schedule (whose
+    # cron check is Prefect's, left out for predictions).
+    cfg = tmp_path / "conf" / "pipelines.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text(f"artifacts_dir: {project['root'] / 'artifacts'}\n"
+                   "pipelines:\n  tiny: {schedule: {cron: '0 3 * * 1'}}\n")
+    r = cifar_predict(project, photos / "folder" / "test0.png", "--config", cfg, extra_python=("-X", "importtime"))
     assert r.returncode == 0, r.stderr[-2000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "ai_edge_litert" in imported and "PIL" in imported
+    assert "ai_edge_litert" in imported and "PIL" in imported and "flows" in imported
     assert not imported & {"prefect", "keras", "tensorflow", "pydantic_settings"}, imported & {
         "prefect", "keras", "tensorflow"}
 
 
-def test_predict_reads_artifacts_dir_as_the_config_loader_does(tmp_path, monkeypatch):
-    from flows import cli
-    from flows.config import DEFAULT_CONFIG, load_settings
-    from flows.predict_cli import config_artifacts_dir
+def test_predict_reads_the_file_with_flows_config(tmp_path, monkeypatch):
+    """One reader: artifacts_dir as load_settings resolves it ($VARS, relative to the file, --set);
+    a --set of any other key refused; every check but the schedules' (Prefect's) still made."""
+    from flows.predict_cli import predict_artifacts_dir
+    from tasks.core.errors import ConfigError
 
-    assert cli.DEFAULT_CONFIG == DEFAULT_CONFIG
     monkeypatch.setenv("H14_ROOT", str(tmp_path / "elsewhere"))
-    body = "pipelines:\n  p: {}\n"
-    for head, sets in (("", []), ("artifacts_dir: out/runs\n", []), ("artifacts_dir: $H14_ROOT/a\n", []),
-                       ("artifacts_dir: /abs/arts\n", []), ("", ["artifacts_dir=../up"])):
-        cfg = tmp_path / "cfg" / "pipelines.yaml"
-        cfg.parent.mkdir(exist_ok=True)
-        cfg.write_text(head + body)
-        overrides = dict(s.split("=", 1) for s in sets)
-        assert config_artifacts_dir(cfg, sets) == load_settings(cfg, overrides).artifacts_dir, head or sets
+    cfg = tmp_path / "cfg" / "pipelines.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text("artifacts_dir: $H14_ROOT/a\npipelines:\n  p: {schedule: {cron: '0 3 * * 1'}}\n")
+    assert predict_artifacts_dir(cfg, []) == (tmp_path / "elsewhere" / "a").resolve()
+    assert predict_artifacts_dir(cfg, ["artifacts_dir=../up"]) == (tmp_path / "up").resolve()
+    with pytest.raises(ConfigError, match="--set training.epochs: cifar predict reads only artifacts_dir"):
+        predict_artifacts_dir(cfg, ["training.epochs=1"])
+    cfg.write_text("pipelines:\n  p: {modle: seed_cnn}\n")
+    with pytest.raises(ConfigError, match="pipelines.p.modle: unknown key"):
+        predict_artifacts_dir(cfg, [])
 
 
 # --------------------------------------------------------------------------- pure parts

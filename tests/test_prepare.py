@@ -14,7 +14,7 @@ import pytest
 
 from tasks.core.datacache import write_dataset_cache
 from tasks.core.pixels import one_hot, scale_pixels
-from tasks.prepare import validate_dataset
+from tasks.prepare.tasks import validate_dataset
 from tasks.prepare.config import PrepareConfig
 from tasks.prepare.errors import DataValidationError
 from tasks.prepare.validation import validate_arrays, validation_path

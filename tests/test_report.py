@@ -386,7 +386,7 @@ def test_build_report_task_publishes_artifacts_and_caches(runs, prefect_engine):
     from prefect import flow
 
     from tasks.core.caching import bind_local as _local  # what the flow does
-    from tasks.report import build_report
+    from tasks.report.tasks import build_report
     from tasks.report.config import ReportConfig
     from tasks.report.rendering import ReportRecord
 

@@ -134,7 +134,9 @@ def test_two_deployments_triggered_together_train_one_after_the_other(server, pr
         logs = {p: timed_logs(client, fr.id) for p, fr in runs.items()}
     from tasks.train.slots import holders
 
-    assert holders(name) == [], holders(name)  # both slots released once the runs ended
+    # Neither run holds the slot once it ended (another test's process of this pytest worker may).
+    ours = [h for h in holders(name) if h.get("flow_run_id") in {str(i) for i in ids.values()}]
+    assert ours == [], ours
 
     # Each run's training, from getting the slot to its last epoch line: never overlapping.
     spans = {}

@@ -25,7 +25,7 @@ from tasks.core.hashing import hash_file, hash_tree
 from tasks.core.pixels import scale_pixels
 from tasks.core.runs import list_runs
 from tasks.prepare.config import ValidationRecord
-from tasks.store import save_run
+from tasks.store.tasks import save_run
 from tasks.store.config import PromoteConfig
 from tasks.store.evaluation import per_class_metrics
 from tasks.store.promotion import decide_promotion

@@ -476,7 +476,7 @@ def test_train_model_task_caches_and_reports_progress(prefect_engine, tiny, tmp_
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from tasks.core.caching import bind_local
-    from tasks.train import train_model
+    from tasks.train.tasks import train_model
 
     data = str(tmp_path / "data")
     bound = bind_local(train_model, data)

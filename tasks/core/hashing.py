@@ -1,10 +1,12 @@
 """Content hashes: of files, of folder trees, of JSON-able settings, and of the code that decides
-a stage's output (its cache key's code part)."""
+a stage's output (its cache key's code part: ``closure_fingerprint``, over the project modules
+a stage's entry module imports, found by reading their source)."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -177,3 +179,103 @@ def code_fingerprint(*parts: ModuleType | type | Any) -> str:
             continue
         h.update(behaviour_of_source(inspect.getsource(part)).encode())
     return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- import closures
+# A stage's cache key counts the code of its entry module and of every project module that module
+# imports, transitively (``import_closure``): a new helper module is inside the key the moment it
+# is imported, and nobody keeps a list. Since issue 27 every stage key is computed this way; the
+# switch changed every key's value once (one rebuild of each cached output, then hits again).
+PROJECT_PACKAGES = ("tasks", "flows")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding tasks/ and flows/
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of project module ``name`` (``a.b`` -> a/b.py or a/b/__init__.py)."""
+    if name.split(".")[0] not in PROJECT_PACKAGES:
+        return None
+    base = PROJECT_ROOT.joinpath(*name.split("."))
+    for path in (base.with_name(base.name + ".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(node: ast.Import | ast.ImportFrom, here: str, is_package: bool) -> list[str]:
+    """The project modules one import statement takes code from.
+
+    ``import a.b.c`` takes module ``a.b.c``; ``from a.b import c`` takes module ``a.b.c`` when
+    that is a module, else the name ``c`` defined by ``a.b`` itself (its ``__init__`` when a
+    package). The packages passed through on the way (``a``, ``a.b``) are run by Python but not
+    counted: a stage package's ``__init__`` holds only its docstring, and the Prefect task
+    wrappers live in ``tasks.py`` beside the logic, outside its key, so counting the packages
+    would count nothing (or, while an ``__init__`` still held the tasks, every module of the
+    stage). A package counts when a name that is not a submodule is taken from it."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level:  # relative: from the package of ``here``
+        package = here if is_package else here.rpartition(".")[0]
+        for _ in range(node.level - 1):
+            package = package.rpartition(".")[0]
+        base = f"{package}.{node.module}" if node.module else package
+    else:
+        base = node.module or ""
+    out = []
+    for alias in node.names:
+        sub = f"{base}.{alias.name}"
+        out.append(sub if alias.name != "*" and _module_file(sub) is not None else base)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _read_module(name: str) -> tuple[tuple[str, ...], str]:
+    """(the project modules it imports, its behaviour): one read and one parse per module and
+    process. Imports inside functions and under ``if TYPE_CHECKING:`` count too (a superset of
+    what runs is the safe side of a cache key)."""
+    path = _module_file(name)
+    if path is None:
+        raise ValueError(
+            f"{name!r} is not a module of this project (no {name.replace('.', '/')}.py under "
+            f"{PROJECT_ROOT}). To resolve this: name an importable module of {', '.join(PROJECT_PACKAGES)}.")
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(m for m in _imported_modules(node, name, is_package) if _module_file(m) is not None)
+    found.discard(name)
+    behaviour = ast.dump(_Behaviour().visit(tree), annotate_fields=False, include_attributes=False)
+    return tuple(sorted(found)), behaviour
+
+
+@functools.lru_cache(maxsize=None)
+def import_closure(entry: str) -> tuple[str, ...]:
+    """``entry`` and every project module it imports, transitively, sorted by name: read from the
+    source (nothing is imported), cycle-safe. See ``_imported_modules`` for what counts."""
+    seen, todo = {entry}, [entry]
+    while todo:
+        for dep in _read_module(todo.pop())[0]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return tuple(sorted(seen))
+
+
+def modules_fingerprint(modules: tuple[str, ...] | list[str], *files: str | os.PathLike) -> str:
+    """A short hash of the named project modules' behaviour (``behaviour_of_source``: not their
+    comments, docstrings, log or error wording), in the given order, and of the files' names and
+    raw bytes (templates: their every character is output)."""
+    h = hashlib.sha256()
+    for name in modules:
+        h.update(f"{name}\0{_read_module(name)[1]}\n".encode())
+    for path in files:
+        h.update(f"{Path(path).name}\0".encode() + Path(path).read_bytes() + b"\n")
+    return h.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=None)
+def closure_fingerprint(entry: str, *files: str | os.PathLike) -> str:
+    """The code part of a stage's cache key: the behaviour of ``entry``'s import closure, plus
+    the given files' bytes. Computed once per process (module sources are read, never imported,
+    so a module may compute its own at import time)."""
+    return modules_fingerprint(import_closure(entry), *files)

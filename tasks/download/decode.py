@@ -3,21 +3,20 @@ still the archive that was verified, take the seeded class-balanced subsets, and
 content-addressed ``.npy`` cache of ``tasks.core.datacache`` -- once, under a lock.
 
 The cache's address (``dataset_fingerprint``) is the archive's sha256, the settings that shape
-the arrays, and ``CODE_VERSION``: the behaviour of the code that decides the arrays (the two
-CIFAR formats, the image-folder decoder, this module and the cache format), not its comments,
-docstrings, log or error wording, nor the download or the Prefect task around it.
+the arrays, and ``CODE_VERSION``: the behaviour of this module and of every project module it
+imports, transitively (the formats, the archive readers and their member checks, the
+image-folder decoder, the cache format, ...: ``tasks.core.hashing.closure_fingerprint``), not
+their comments, docstrings, log or error wording, nor the Prefect task around it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tasks.core import datacache, images
 from tasks.core.datacache import (
     DatasetRecord,
     cache_problems,
@@ -25,8 +24,7 @@ from tasks.core.datacache import (
     write_dataset_cache,
 )
 from tasks.core.files import file_lock, read_json
-from tasks.core.hashing import code_fingerprint, hash_file, hash_tree, stable_hash
-from tasks.download import formats, image_folder
+from tasks.core.hashing import closure_fingerprint, hash_file, hash_tree, stable_hash
 from tasks.download.config import DatasetConfig
 from tasks.download.errors import ChecksumError, DatasetFormatError
 from tasks.download.fetching import ArchiveRecord
@@ -36,7 +34,9 @@ from tasks.download.progress import stage_log
 
 DECODERS = {"cifar10-binary": decode_binary, "cifar10-python": decode_python, "image-folder": decode_image_folder}
 # Part of every dataset's address: a change to how the arrays are decoded or cached rebuilds them.
-CODE_VERSION = code_fingerprint(formats, image_folder, images, sys.modules[__name__], datacache)
+# Read from the sources (nothing is imported), so computing it here, at import, cannot recurse.
+# The import closure replaced a hand-kept list in issue 27: every address changed once then.
+CODE_VERSION = closure_fingerprint("tasks.download.decode")
 
 
 def decode_archive(path: str | os.PathLike, fmt: str, max_bytes: int, digest: list | None = None,

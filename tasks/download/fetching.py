@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.files import atomic_write_json, file_lock, read_json
-from tasks.core.hashing import FileDigest, hash_file, hash_tree, tree_files
+from tasks.core.hashing import FileDigest, closure_fingerprint, hash_file, hash_tree, tree_files
 from tasks.download.config import (
     DatasetConfig,
     Expected,
@@ -34,6 +34,11 @@ from tasks.download.errors import (
 )
 from tasks.download.progress import stage_log
 from tasks.download.transfer import download_to_part
+
+# The code part of the fetch's cache key: this module and every project module it imports (the
+# sources, the transfer, the checks), read from their source. Computed this way since issue 27,
+# which changed the key's value once (one re-verification of a downloaded archive).
+FETCH_CODE_VERSION = closure_fingerprint("tasks.download.fetching")
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.core import images as core_images
 from tasks.core.files import file_lock
-from tasks.core.hashing import code_fingerprint, stable_hash
+from tasks.core.hashing import closure_fingerprint, stable_hash
 from tasks.core.logs import get_logger
-from tasks.predict import batch, imaging, inputs, scoring
+from tasks.predict import batch, scoring
 from tasks.predict.engine import Scorer
 from tasks.predict.inputs import InputRecord, iter_sources
 from tasks.predict.resolve import ModelRef
@@ -48,10 +47,17 @@ def _named_within(items: Iterable, root: str) -> Iterator:
         yield dataclasses.replace(item, name=relative_name(item.name, root))
 
 
+def scoring_code_version() -> str:
+    """The code that decides the predictions' files: this module and every project module it
+    imports (the scoring, the imaging, the inputs, the page, ...) and the page's template. The
+    import closure replaced a hand-kept list in issue 27, changing every scoring key once."""
+    return closure_fingerprint("tasks.predict.jobs", batch.TEMPLATES / "predictions.html.j2")
+
+
 def scoring_key(model: ModelRef, source: InputRecord, top_k: int) -> str:
     return stable_hash(
         "predict", model.model_sha256, model.sha256.get("classes.json"), source.sha256, int(top_k),
-        code_fingerprint(scoring, imaging, inputs, batch, core_images, batch.TEMPLATES / "predictions.html.j2"),
+        scoring_code_version(),
     )
 
 

@@ -3,7 +3,6 @@ rules (sizes, classes present, balance, train/test duplicates, channel spread), 
 summary; and, for a dataset cache, that summary kept on disk under its key and reused."""
 
 import functools
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,14 +10,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tasks.core import faults, pixels
+from tasks.core import faults
 from tasks.core.datacache import DatasetRecord, cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, read_json
-from tasks.core.hashing import code_fingerprint, stable_hash
+from tasks.core.hashing import closure_fingerprint, stable_hash
 from tasks.core.logs import get_logger
 from tasks.core.pixels import one_hot, scale_pixels
-from tasks.prepare import contracts, hints, summaries
+from tasks.prepare import hints
 from tasks.prepare.config import PrepareConfig, ValidationRecord
 from tasks.prepare.contracts import (
     image_schema,
@@ -229,11 +228,17 @@ def validate_arrays(
 
 
 # --------------------------------------------------------------------------- the kept summary
+def validation_code_version() -> str:
+    """The code that decides the summary: this module and every project module it imports (the
+    summary frames, the contracts, the pixel scaling/encoding, the hints, ...), not their
+    comments, docstrings, log or error wording, nor the Prefect task. The import closure
+    replaced a hand-kept list in issue 27, changing every key once (one re-validation)."""
+    return closure_fingerprint("tasks.prepare.validation")
+
+
 def validation_key(dataset: DatasetRecord, cfg: PrepareConfig) -> str:
-    """The dataset, the settings and the code that decides the summary: the summary frames, the
-    contracts, these checks and the pixel scaling/encoding (not the hints, logs or the task)."""
-    code = code_fingerprint(summaries, contracts, sys.modules[__name__], pixels)
-    return stable_hash("validate", dataset.fingerprint, cfg, code)
+    """The dataset, the settings and the code that decides the summary (``validation_code_version``)."""
+    return stable_hash("validate", dataset.fingerprint, cfg, validation_code_version())
 
 
 def validation_path(data_dir: str, key: str) -> Path:

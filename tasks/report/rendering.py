@@ -7,7 +7,6 @@ from ``file://`` and mails as one attachment: no script, font or style from anyw
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,8 @@ from typing import Any
 from tasks.core import faults, runs
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_text
-from tasks.core.hashing import code_fingerprint
+from tasks.core.hashing import closure_fingerprint
 from tasks.core.logs import get_logger
-from tasks.report import changes, context, plots
 from tasks.report.config import ReportConfig
 from tasks.report.context import build_index_context, build_report_context
 from tasks.report.plots import parse_time
@@ -71,9 +69,11 @@ def _fmt_when(s: str) -> str:
 
 
 def template_version() -> str:
-    """The code and templates that decide the pages (plots, context, rendering, the run layout
-    they read, every template byte): the code part of the report's cache key."""
-    return code_fingerprint(plots, context, changes, sys.modules[__name__], runs, *sorted(TEMPLATES.glob("*.j2")))
+    """The code and templates that decide the pages: this module and every project module it
+    imports (plots, context, changes, the run layout they read, ...) and every template byte;
+    the code part of the report's cache key. The import closure replaced a hand-kept list in
+    issue 27, changing every report key once."""
+    return closure_fingerprint("tasks.report.rendering", *sorted(TEMPLATES.glob("*.j2")))
 
 
 def _load_test_images(meta: dict[str, Any]):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core import faults, kernels, pixels, runs
+from tasks.core import faults, runs
 from tasks.core.datacache import cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
-from tasks.core.hashing import code_fingerprint, hash_file, stable_hash
+from tasks.core.hashing import closure_fingerprint, hash_file, stable_hash
 from tasks.core.logs import get_logger
-from tasks.store import evaluation, export, promotion, run_folder
+from tasks.store import promotion, run_folder
 from tasks.store.config import PromoteConfig
 from tasks.store.evaluation import score_test_split, tta_of
 from tasks.store.retention import clean_stale, prune_runs
@@ -97,8 +96,7 @@ def _read_train_outputs(trained) -> tuple[Path, dict[str, Any], dict[str, Any]]:
 def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
     """The content key of a saved run: the trained model (key + file sha256), the evaluation data,
     the pipeline and its promotion rule, and the code that decides the run folder's content
-    (evaluation, pixel scaling, the folder's files, promotion, this module, the run layout).
-    Never a path or a run id."""
+    (``store_code_version``). Never a path or a run id."""
     train_file = Path(trained.path) / "train.json"
     try:
         train_json = read_json(train_file)
@@ -119,8 +117,11 @@ def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
 
 
 def store_code_version() -> str:
-    """The behaviour of the code that decides a run folder's content (part of the store key)."""
-    return code_fingerprint(evaluation, pixels, kernels, run_folder, export, promotion, sys.modules[__name__], runs)
+    """The behaviour of the code that decides a run folder's content (part of the store key):
+    this module and every project module it imports (evaluation, pixel scaling, the folder's
+    files, the export, promotion, the run layout, ...). The import closure replaced a hand-kept
+    list in issue 27, changing every store key once."""
+    return closure_fingerprint("tasks.store.saving")
 
 
 def _float(value: Any) -> float:

@@ -1,10 +1,11 @@
 """One training per cache key: the key, reuse of an intact model folder, the single-flight lock,
 resuming an interrupted training, and the chief's commit (the non-chief workers only take part).
 
-The key's code part covers what decides the model folder's content: the model builders, the
-input pipeline (with ``tasks.core.pixels``), the fit, the devices module (it picks the
-precision), the epoch records (history.json) and the commit (train.json). Log and error wording
-never counts (see ``tasks.core.hashing.code_fingerprint``); this module and the task's do not.
+The key's code part (``training_code_version``) covers what decides the model folder's content:
+this module and every project module it imports -- the model builders, the input pipeline (with
+``tasks.core.pixels``), the fit, the devices module (it picks the precision), the epoch records
+(history.json), the commit (train.json), ... Comments, docstrings, log and error wording never
+count (see ``tasks.core.hashing.closure_fingerprint``); the Prefect task around it does not.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import shutil
 import socket
 import sys
 
-from tasks.core import kernels, pixels
 from tasks.core.datacache import DatasetRecord
 from tasks.core.files import file_lock
-from tasks.core.hashing import code_fingerprint, stable_hash, to_jsonable
+from tasks.core.hashing import closure_fingerprint, stable_hash, to_jsonable
 from tasks.core.logs import get_logger
-from tasks.train import airbench, board, devices, fit, inputs, model_folder, models, progress, recipe
+from tasks.train import board, recipe
 from tasks.train.config import TrainingConfig, TrainRecord
 from tasks.train.devices import (
     allow_memory_growth,
@@ -37,16 +37,20 @@ from tasks.train.models import MODELS, build_model
 from tasks.train.progress import EpochTracker
 from tasks.train.slots import training_slot
 
-TRAINING_CODE = (models, airbench, recipe, inputs, fit, devices, progress, model_folder, board, pixels, kernels)
+
+def training_code_version() -> str:
+    """The behaviour of this module's import closure: the code part of the train key. It replaced
+    a hand-kept list of modules in issue 27, which changed every train key once (one retraining)."""
+    return closure_fingerprint("tasks.train.run")
 
 
 def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
               prepare: PrepareSettings) -> str:
     """Content key: the data's content hash, model, full training config (seed included), the inputs'
-    preprocessing and the code that decides the trained model (``TRAINING_CODE``)."""
+    preprocessing and the code that decides the trained model (``training_code_version``)."""
     return stable_hash("train", dataset.content or dataset.fingerprint, model, cfg,
                        {"standardize": prepare.standardize, **preprocess_stats(validation, prepare)},
-                       code_fingerprint(*TRAINING_CODE))
+                       training_code_version())
 
 
 def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,

@@ -1,5 +1,6 @@
-"""The predict stage's Prefect tasks (``tasks.predict`` exposes them): fetching a URL input
-(retried on network faults) and scoring an input (cached by content, verified on disk)."""
+"""The predict stage's Prefect tasks: ``fetch_input`` fetches a URL input (retried on network
+faults) and ``score_images`` scores an input (cached by content, verified on disk). Only the
+``cifar-predict`` flow imports them; ``cifar predict`` scores without Prefect."""
 
 from __future__ import annotations
 
