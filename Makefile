@@ -14,7 +14,7 @@ PIPELINE ?= train
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test setup browser bench clean
+.PHONY: run test test-fast setup browser bench clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The edit loop: every test that needs neither the Prefect engine nor real server or CLI processes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not engine and not e2e"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -5,7 +5,7 @@
 Inputs, built once under bench/out/report/ (git-ignored): a dataset cache holding the real 10,000
 CIFAR-10 test images (decoded from /work/shared/datasets/cifar10-jpeg.tar.gz by
 bench.make_archives.decoded_jpegs), and run folders in the store stage's exact format, written by
-the test suite's fixture builder (tests/test_report.py: make_run): 10,000 predictions from a
+the test suite's fixture builder (tests/runfolders.py: make_run): 10,000 predictions from a
 seeded fake classifier (~70 % right), metrics computed from them, 20 epochs of history. Two
 pipelines (4 + 2 runs), so the report compares with a champion and earlier runs and the index
 draws one pipeline pair.
@@ -35,7 +35,7 @@ WORK = OUT / "report"
 def build_inputs() -> Path:
     """The dataset cache and six run folders; reused when already there."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_report import make_dataset, make_run  # noqa: E402  (the test fixture builder)
+    from runfolders import make_dataset, make_run  # noqa: E402  (the tests' run-folder builders)
 
     from bench.make_archives import decoded_jpegs
 

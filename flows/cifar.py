@@ -131,7 +131,7 @@ def cifar(
                 role, trained.path, trained.key, chosen.name, data_dir, artifacts_dir,
                 since=train_started if force else 0.0), stages.times)
         run = stages.run(
-            "save", save_run, chosen.to_dict(), dataset, validation, trained, dict(stages.times),
+            "save", save_run, chosen, dataset, validation, trained, dict(stages.times),
             _flow_run_id(), artifacts_dir, context={"trigger": trigger, "code": code_versions()},
         )
         copy_logs(trained.path, run.path)  # the training's TensorBoard logs, beside the run

@@ -87,9 +87,6 @@ class PipelineConfig:
             out.append(("keep_last", f"must be at least 1, got {self.keep_last}"))
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 PipelineName = Annotated[str, StringConstraints(pattern=r"^[\w-]+$")]
 

@@ -20,8 +20,7 @@ import secrets
 from typing import Any
 
 from tasks.core.logs import get_logger
-
-EVENTS = ("cifar.run.completed", "cifar.model.promoted", "cifar.run.nothing-changed", "cifar.run.failed")
+from tasks.core.records import RunRecord
 
 
 # --------------------------------------------------------------------------- retrain: always
@@ -45,11 +44,11 @@ def trigger_record(scheduled: bool, schedule, seed: int | None, configured_seed:
 
 
 # --------------------------------------------------------------------------- nothing changed
-def nothing_changed(run, stage_times: dict[str, dict[str, Any]]) -> bool:
+def nothing_changed(run: RunRecord, stage_times: dict[str, dict[str, Any]]) -> bool:
     """True when the save stage found a run already saved for this content key (the trained
     model's key and sha256, the dataset's content, the pipeline, the promotion rule and the
     code): data, config and code are those of an earlier run, and nothing new was trained."""
-    return bool(getattr(run, "reused", False) or (stage_times.get("save") or {}).get("cache_hit"))
+    return bool(run.reused or (stage_times.get("save") or {}).get("cache_hit"))
 
 
 def champion_entry(artifacts_dir: str, pipeline: str) -> dict[str, Any] | None:
@@ -84,7 +83,7 @@ def nothing_changed_message(run_id: str, champion: str | None, since: str | None
     return f"nothing changed since run {run_id}; champion {champion or '(none)'}{held}"
 
 
-def outcome_fields(run, nothing: bool, champion: dict[str, Any] | None) -> dict[str, Any]:
+def outcome_fields(run: RunRecord, nothing: bool, champion: dict[str, Any] | None) -> dict[str, Any]:
     """The summary's outcome, message, champion and promotion of a finished run. A run that
     found nothing changed promoted nothing: ``promoted`` False and no ``promotion_reason``
     (the earlier save's decision is not replayed); ``champion_since`` is when the champion
@@ -183,7 +182,7 @@ def publish(summary: dict[str, Any], metric: str, flow_run_id: str | None) -> No
     emit("cifar.run.completed", pipeline, run_id, metric, value, promoted=summary["promoted"], **common)
 
 
-def outcome(run, stage_times: dict[str, dict[str, Any]], artifacts_dir: str) -> dict[str, Any]:
+def outcome(run: RunRecord, stage_times: dict[str, dict[str, Any]], artifacts_dir: str) -> dict[str, Any]:
     """The summary's outcome fields (``outcome_fields``): "nothing changed" or "trained"."""
     return outcome_fields(run, nothing_changed(run, stage_times), champion_entry(artifacts_dir, run.pipeline))
 

@@ -1,5 +1,6 @@
-"""Test helpers: tiny archives in the exact official layouts, and a loopback HTTP server with
-scriptable faults. Any test may import these (``from tests.archives import ...``).
+"""Test helpers: tiny archives in the exact official layouts, PNGs written by hand, and a loopback
+HTTP server with scriptable faults. Any test may import these (``from archives import ...``:
+tests/ is on sys.path, the folder of the rootdir's conftest.py).
 
 Builders return a :class:`Built` with ``path``, ``sha256`` and the arrays they wrote, so a test
 can compare what the decoder read with what went in, byte for byte.
@@ -11,10 +12,12 @@ import hashlib
 import http.server
 import io
 import pickle
+import struct
 import tarfile
 import threading
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,6 +176,31 @@ def encode_image(img: np.ndarray, ext: str = "png") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG" if ext == "png" else "JPEG", quality=95)
     return buf.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png(width: int, height: int, depth: int = 8, color_type: int = 2, pixels=None,
+        idat: bytes | None = None, extra: bytes = b"") -> bytes:
+    """A PNG written by hand: any bit depth and colour type, or a header with ``idat`` given
+    (a file whose header declares what its data is not)."""
+    if idat is None:
+        arr = np.ascontiguousarray(pixels, dtype=">u2" if depth == 16 else np.uint8)
+        rows = arr.reshape(height, -1).view(np.uint8).reshape(height, -1)
+        idat = zlib.compress(b"".join(b"\0" + r.tobytes() for r in rows))
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + extra + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))
+
+
+def zeros_png(width: int, height: int) -> bytes:
+    """A valid all-black RGB PNG of any size, a few KB however large it decodes."""
+    row, c = b"\0" * (1 + 3 * width), zlib.compressobj(9)
+    idat = b"".join(c.compress(row) for _ in range(height)) + c.flush()
+    return png(width, height, idat=idat)
 
 
 def image_folder_files(classes=("cat", "dog", "frog"), per_class_train: int = 3, per_class_test: int = 2,

@@ -24,6 +24,18 @@ if "CIFAR_SLOT_DIR" not in os.environ:
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Markers from what a test uses, so none can be forgotten: ``engine`` for the Prefect
+    harness, ``e2e`` for real processes (the ``procs`` and ``server`` fixtures, or a test under
+    tests/e2e/, or one marked ``subprocess``). ``make test-fast`` runs neither."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "prefect_engine" in used:
+            item.add_marker(pytest.mark.engine)
+        if used & {"procs", "server"} or "e2e" in item.path.parts or item.get_closest_marker("subprocess"):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def prefect_engine(tmp_path_factory):
     """One real Prefect API (SQLite, in a temp PREFECT_HOME) for every test that runs flows."""

@@ -32,7 +32,9 @@ class VerifiedCache(CachePolicy):
     elsewhere is re-anchored in this ``result_dir`` (``anchor_record``): its value's paths are
     moved along with the folder when ``record_fn(inputs, key, value) -> bool`` then accepts it
     (the value names this run's files); else the record is dropped and the task runs again.
-    Never Prefect's "outside of the base path" error.
+    Never Prefect's "outside of the base path" error. A cached result that no longer unpickles
+    (a record class that moved) is a cache miss too, never an error (``anchor_record``); this needs
+    the records in a local folder, as ``bind_local`` sets up.
     """
 
     key_fn: Callable[[dict[str, Any]], str] | None = None
@@ -101,6 +103,10 @@ def anchor_record(record: Path, result_dir: Path, fits: Callable[[Any], bool] | 
     """None when the Prefect cache record at ``record`` can be read from ``result_dir`` (the
     results folder this run uses), else why not (the caller drops it: a cache miss).
 
+    The result is unpickled here, before Prefect reads it: one that no longer loads (its record
+    class moved or was renamed, its module is gone, the file is damaged) is such a miss, where
+    Prefect's own read would fail the task run.
+
     A record written in another folder (``data_dir`` moved or copied) names its result by that
     folder's absolute path, which Prefect refuses ("outside of the base path"): it is rewritten
     to name the result in ``result_dir``. ``fits(value)`` (None: any value) says whether the
@@ -124,12 +130,11 @@ def anchor_record(record: Path, result_dir: Path, fits: Callable[[Any], bool] | 
     here = result_dir.expanduser().resolve() / written.name
     if not here.is_file():
         return f"names a result {written} that is not in {result_dir}"
-    value = None
+    try:  # read it before Prefect does: a result that no longer unpickles is a miss, not an error
+        value = meta.serializer.loads(here.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - unpickling raises anything; the task rebuilds it
+        return f"has a result {here} that cannot be read ({type(exc).__name__}: {exc})"
     if fits is not None:
-        try:
-            value = meta.serializer.loads(here.read_bytes())
-        except Exception as exc:  # noqa: BLE001 - unpickling raises anything; the task rebuilds it
-            return f"has a result {here} that cannot be read ({type(exc).__name__}: {exc})"
         moved = relocated(value, *moved_roots(written.parent, here.parent))
         if not fits(value):
             if moved is value or not fits(moved):

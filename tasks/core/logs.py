@@ -1,4 +1,5 @@
-"""One logger for every stage: Prefect's run logger inside a run, the ``cifar`` logger outside."""
+"""One logger for every stage: Prefect's run logger inside a run, the ``cifar`` logger outside;
+and whether the code runs inside a Prefect run at all (``in_prefect_run``)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,13 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("cifar")
+
+
+def in_prefect_run() -> bool:
+    """True inside a Prefect flow or task run (where artifacts can be published). Prefect is not
+    imported to find out, as for ``get_logger``."""
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None

@@ -1,8 +1,9 @@
 """The download stage's Prefect tasks: ``fetch_archive`` retries network faults with backoff
-(never a checksum mismatch or a 404) and is cached by the archive's expected checksum (a local
-source without one is hashed afresh at every run, uncached); ``follow_checksum`` reads
-``dataset.sha256_url`` at every run; ``decode_dataset`` is cached by the dataset's fingerprint.
-Both caches are trusted only while the files behind them are intact."""
+(``dataset.retries`` times, ``retry_options``; never a checksum mismatch or a 404) and is cached
+by the archive's expected checksum (a local source without one is hashed afresh at every run,
+uncached); ``follow_checksum`` reads ``dataset.sha256_url`` at every run; ``decode_dataset`` is
+cached by the dataset's fingerprint. Both caches are trusted only while the files behind them
+are intact."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ from tasks.download.fetching import FETCH_CODE_VERSION, ArchiveRecord, cached_ar
 
 
 def retry_options(cfg: DatasetConfig, backoff_factor: float = 2.0) -> dict[str, Any]:
-    """``fetch_archive.with_options(**retry_options(cfg))`` applies ``dataset.retries``."""
-    return {"retries": cfg.retries, "retry_delay_seconds": exponential_backoff(backoff_factor)(max(cfg.retries, 1))}
+    """How often and how long the network tasks retry: ``dataset.retries`` times, with exponential
+    backoff and jitter. The one place that says so: the flow binds ``fetch_archive`` and
+    ``follow_checksum`` with these options (``task.with_options(**retry_options(cfg))``); their
+    decorators say only which faults are retried (``TransientDownloadError``), and without these
+    options they do not retry."""
+    return {"retries": cfg.retries,
+            "retry_delay_seconds": exponential_backoff(backoff_factor)(max(cfg.retries, 1)),
+            "retry_jitter_factor": 0.5}
 
 
 def _fetch_key(inputs: dict[str, Any]) -> str | None:
@@ -70,10 +77,8 @@ def _decode_record(inputs: dict[str, Any], key: str, dataset: DatasetRecord) -> 
 
 @task(
     name="fetch-archive",
-    retries=4,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_on(TransientDownloadError),  # a checksum mismatch or a 404 would fail again
+    # how often and how long: retry_options(cfg); a checksum mismatch or a 404 would fail again
+    retry_condition_fn=retry_only_on(TransientDownloadError),
     cache_policy=VerifiedCache(key_fn=_fetch_key, valid_fn=_fetch_valid, record_fn=_fetch_record),
     persist_result=True,
 )
@@ -84,10 +89,7 @@ def fetch_archive(cfg: DatasetConfig, data_dir: str) -> ArchiveRecord:
 
 @task(
     name="follow-checksum",
-    retries=4,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_only_on(TransientDownloadError),
+    retry_condition_fn=retry_only_on(TransientDownloadError),  # how often and how long: retry_options(cfg)
     cache_policy=NO_CACHE,  # the point is to read the published file at every run
 )
 def follow_checksum(cfg: DatasetConfig) -> DatasetConfig:

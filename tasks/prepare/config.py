@@ -1,7 +1,7 @@
-"""The prepare stage's settings (``prepare:`` in pipelines.yaml) and the record it returns."""
+"""The prepare stage's settings (``prepare:`` in pipelines.yaml); the record it returns,
+``ValidationRecord``, is in ``tasks.core.records`` (training and the store read it)."""
 
 from dataclasses import dataclass
-from typing import Any
 
 from tasks.core.settings import SETTINGS
 
@@ -25,11 +25,3 @@ class PrepareConfig:
             out.append(("max_train_test_duplicates",
                         f"must be >= 0 (or null to only report), got {self.max_train_test_duplicates}"))
         return out
-
-
-@dataclass(frozen=True)
-class ValidationRecord:
-    """What the stage hands on: the dataset it validated and the validation summary."""
-
-    fingerprint: str  # the dataset's
-    summary: dict[str, Any]

@@ -8,7 +8,8 @@ from prefect import task
 
 from tasks.core.caching import VerifiedCache
 from tasks.core.datacache import DatasetRecord
-from tasks.prepare.config import PrepareConfig, ValidationRecord
+from tasks.core.records import ValidationRecord
+from tasks.prepare.config import PrepareConfig
 from tasks.prepare.validation import read_summary, validate_cached_dataset, validation_key, validation_path
 
 

@@ -17,8 +17,9 @@ from tasks.core.files import atomic_write_json, file_lock, read_json
 from tasks.core.hashing import closure_fingerprint, stable_hash
 from tasks.core.logs import get_logger
 from tasks.core.pixels import one_hot, scale_pixels
+from tasks.core.records import ValidationRecord
 from tasks.prepare import hints
-from tasks.prepare.config import PrepareConfig, ValidationRecord
+from tasks.prepare.config import PrepareConfig
 from tasks.prepare.contracts import (
     image_schema,
     label_schema,

@@ -15,6 +15,7 @@ from typing import Any
 
 from tasks.core import runs
 from tasks.core.errors import CifarError
+from tasks.core.logs import in_prefect_run
 from tasks.report.context import headline
 
 REPORTS_URL = "CIFAR_REPORTS_URL"  # e.g. http://127.0.0.1:8765, where `cifar reports` serves artifacts_dir
@@ -112,11 +113,10 @@ def publish_artifacts(meta: dict[str, Any], metrics: dict[str, Any], report: Pat
                       artifacts_dir: Path) -> None:
     """Markdown (headline), tables (per class, checks, runs) and links (report, index), when
     inside a Prefect run."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    if not in_prefect_run():
         return
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
     pipeline, run_id = meta.get("pipeline", ""), meta.get("run_id")
     base = reports_url()
     head = headline(meta, metrics, artifacts_dir)

@@ -14,6 +14,7 @@ from tasks.core.errors import CifarError
 from tasks.core.files import read_json
 from tasks.core.hashing import hash_file, stable_hash
 from tasks.core.logs import get_logger
+from tasks.core.records import RunRecord
 from tasks.report.config import ReportConfig
 from tasks.report.publishing import publish_artifacts
 from tasks.report.rendering import ReportRecord, render_index, render_report, template_version
@@ -40,7 +41,7 @@ def _report_record(inputs: dict[str, Any], key: str, record: ReportRecord) -> bo
 @task(name="build-report", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless(CifarError),
       persist_result=True, cache_policy=VerifiedCache(key_fn=_report_key, valid_fn=_report_valid,
                                                       record_fn=_report_record))
-def build_report(run: Any, cfg: ReportConfig, artifacts_dir: str) -> ReportRecord:
+def build_report(run: RunRecord, cfg: ReportConfig, artifacts_dir: str) -> ReportRecord:
     """Render the run's report.html and artifacts/index.html; publish Prefect artifacts."""
     log = get_logger()
     run_dir = Path(run.path)

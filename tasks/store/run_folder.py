@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 
 from tasks.core import runs
+from tasks.core.datacache import DatasetRecord
 from tasks.core.files import atomic_write_json, atomic_write_text
 from tasks.core.hashing import hash_file, hash_tree, stable_hash, to_jsonable
+from tasks.core.records import ValidationRecord
 from tasks.store import export
+from tasks.store.config import PipelineSettings
 
 # The files whose sha256 metadata.json records (plus the SavedModel folder's tree hash).
 HASHED_FILES = ("model.keras", export.TFLITE, export.CLASSES, runs.METRICS, runs.PREDICTIONS, runs.HISTORY,
@@ -108,16 +111,16 @@ def write_run_files(folder: Path, model, data, y_true: np.ndarray, probs: np.nda
     return files, serving
 
 
-def run_metadata(*, pipeline: dict[str, Any], run_id: str, created: datetime, dataset, data, validation,
-                 cache_keys: dict[str, Any], flow_run_id: str | None, train_json: dict[str, Any],
-                 stages: dict[str, Any], model, files: dict[str, str],
+def run_metadata(*, pipeline: PipelineSettings, run_id: str, created: datetime, dataset: DatasetRecord, data,
+                 validation: ValidationRecord, cache_keys: dict[str, Any], flow_run_id: str | None,
+                 train_json: dict[str, Any], stages: dict[str, Any], model, files: dict[str, str],
                  serving: dict[str, Any] | None = None) -> dict[str, Any]:
     """metadata.json without its ``promotion`` (decided when the run is published).
 
-    ``dataset``: the DatasetRecord; ``data``: the opened cache (manifest, classes)."""
+    ``data``: the opened dataset cache (manifest, classes)."""
     manifest = data.manifest
     return {
-        "pipeline": pipeline["name"],
+        "pipeline": pipeline.name,
         "run_id": run_id,
         "created_at": created.isoformat(timespec="microseconds"),
         "config": to_jsonable(pipeline),
@@ -131,7 +134,7 @@ def run_metadata(*, pipeline: dict[str, Any], run_id: str, created: datetime, da
             "counts": manifest.get("counts"),
             "shapes": manifest.get("shapes"),
         },
-        "validation": to_jsonable(getattr(validation, "summary", None)),
+        "validation": to_jsonable(validation.summary),
         "cache_keys": cache_keys,
         "flow_run_id": flow_run_id,
         "versions": _versions(),

@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,30 +33,17 @@ from typing import Any
 import numpy as np
 
 from tasks.core import faults, runs
-from tasks.core.datacache import cache_problems, load_dataset
+from tasks.core.datacache import DatasetRecord, cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
 from tasks.core.hashing import closure_fingerprint, hash_file, stable_hash
 from tasks.core.logs import get_logger
+from tasks.core.records import RunRecord, TrainRecord, ValidationRecord
 from tasks.store import promotion, run_folder
-from tasks.store.config import PromoteConfig
+from tasks.store.config import PipelineSettings, PromoteConfig
 from tasks.store.evaluation import score_test_split, tta_of
 from tasks.store.retention import clean_stale, prune_runs
 from tasks.store.run_folder import new_run_id, run_metadata, write_run_files
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """What the store stage hands on (to the report and the flow's summary)."""
-
-    pipeline: str
-    run_id: str
-    path: str  # the run folder
-    test_accuracy: float
-    promoted: bool
-    reason: str
-    # an earlier run already held this model: nothing new was saved (not part of which run it is)
-    reused: bool = field(default=False, compare=False)
 
 
 class ModelIntegrityError(CifarError):
@@ -79,7 +65,7 @@ def verify_model_file(model_path: str | os.PathLike, expected_sha256: str, recor
         )
 
 
-def _read_train_outputs(trained) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def _read_train_outputs(trained: TrainRecord) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     tdir = Path(trained.path)
     for name in ("train.json", "history.json", "model.keras"):
         if not (tdir / name).is_file():
@@ -93,7 +79,7 @@ def _read_train_outputs(trained) -> tuple[Path, dict[str, Any], dict[str, Any]]:
         raise StoreError(f"{tdir}: train.json or history.json is not valid JSON ({exc}); rerun the pipeline.") from exc
 
 
-def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
+def store_key(pipeline: PipelineSettings, dataset: DatasetRecord, trained: TrainRecord) -> str:
     """The content key of a saved run: the trained model (key + file sha256), the evaluation data,
     the pipeline and its promotion rule, and the code that decides the run folder's content
     (``store_code_version``). Never a path or a run id."""
@@ -110,8 +96,8 @@ def store_key(pipeline: dict[str, Any], dataset, trained) -> str:
         trained.key,
         train_json.get("model_sha256"),
         dataset.content or dataset.fingerprint,
-        pipeline["name"],
-        pipeline.get("promote"),
+        pipeline.name,
+        pipeline.promote,
         store_code_version(),
     )
 
@@ -160,7 +146,7 @@ def existing_run(pipeline_dir: str | os.PathLike, key: str) -> Path | None:
     return None
 
 
-def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset):
+def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset: DatasetRecord):
     """Copy the model into the run folder, verify the copy against train.json, only then load it,
     and score it on the cached test split (memory-mapped), scaled as in training."""
     import keras
@@ -273,10 +259,10 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
 
 
 def store_run(
-    pipeline: dict[str, Any],
-    dataset,
-    validation,
-    trained,
+    pipeline: PipelineSettings,
+    dataset: DatasetRecord,
+    validation: ValidationRecord,
+    trained: TrainRecord,
     stages: dict[str, Any],
     flow_run_id: str | None,
     artifacts_dir: str | os.PathLike,
@@ -289,9 +275,7 @@ def store_run(
     Idempotent: a run already saved for the same content key is returned as it is."""
     started = time.perf_counter()
     log = get_logger()
-    name = pipeline["name"]
-    promote = pipeline.get("promote") or {}
-    cfg = promote if isinstance(promote, PromoteConfig) else PromoteConfig(**promote)
+    name, cfg = pipeline.name, pipeline.promote
     pdir = runs.pipeline_dir(artifacts_dir, name)
     runs_folder = runs.runs_dir(pdir)
     runs_folder.mkdir(parents=True, exist_ok=True)
@@ -302,7 +286,7 @@ def store_run(
         if found is not None:
             log.info("run %s already holds this model (store key %s): reusing it", found.name, key)
             meta = read_json(found / runs.METADATA)
-            settle_run(pdir, found, cfg, pipeline.get("keep_last"))
+            settle_run(pdir, found, cfg, pipeline.keep_last)
             return _run_record(found, meta, reused=True)
 
         tdir, train_json, history = _read_train_outputs(trained)
@@ -320,13 +304,13 @@ def store_run(
                 pipeline=pipeline, run_id=run_id, created=now, dataset=dataset, data=data,
                 validation=validation, flow_run_id=flow_run_id, train_json=train_json, stages=stages,
                 model=model, files=files, serving=serving,
-                cache_keys={"dataset": dataset.fingerprint, "validation": getattr(validation, "fingerprint", None),
+                cache_keys={"dataset": dataset.fingerprint, "validation": validation.fingerprint,
                             "train": trained.key, "store": key},
             )
             meta.update(context or {})
             meta["dataset"]["test_split"] = run_folder.eval_split_hash(data.manifest)
             decision, final, removed = _publish(tmp, pdir, meta, metrics[cfg.metric], cfg,
-                                                pipeline.get("keep_last"), started,
+                                                pipeline.keep_last, started,
                                                 refused=promotion.training_problem(history), data=data)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -335,6 +319,6 @@ def store_run(
     log.info("%s: run %s saved (%s); %s", name, run_id, final,
              decision["reason"] if decision["promoted"] else f"not promoted: {decision['reason']}")
     if removed:
-        log.info("%s: keep_last=%s pruned %d old run(s): %s", name, pipeline.get("keep_last"), len(removed),
+        log.info("%s: keep_last=%s pruned %d old run(s): %s", name, pipeline.keep_last, len(removed),
                  ", ".join(removed))
     return _run_record(final, meta)

@@ -9,8 +9,11 @@ from prefect import task
 
 from tasks.core import runs
 from tasks.core.caching import VerifiedCache, retry_unless, same_path
+from tasks.core.datacache import DatasetRecord
 from tasks.core.errors import CifarError
-from tasks.store.saving import RunRecord, existing_run, store_key, store_run
+from tasks.core.records import RunRecord, TrainRecord, ValidationRecord
+from tasks.store.config import PipelineSettings
+from tasks.store.saving import existing_run, store_key, store_run
 
 
 def _key_fn(inputs: dict[str, Any]) -> str:
@@ -18,12 +21,12 @@ def _key_fn(inputs: dict[str, Any]) -> str:
 
 
 def _valid_fn(inputs: dict[str, Any], key: str) -> bool:
-    return existing_run(runs.pipeline_dir(inputs["artifacts_dir"], inputs["pipeline"]["name"]), key) is not None
+    return existing_run(runs.pipeline_dir(inputs["artifacts_dir"], inputs["pipeline"].name), key) is not None
 
 
 def _record_fn(inputs: dict[str, Any], key: str, run: RunRecord) -> bool:
     """The cached record names the run folder in this run's ``artifacts_dir``."""
-    return same_path(run.path, runs.run_dir(inputs["artifacts_dir"], inputs["pipeline"]["name"], run.run_id))
+    return same_path(run.path, runs.run_dir(inputs["artifacts_dir"], inputs["pipeline"].name, run.run_id))
 
 
 @task(
@@ -35,10 +38,10 @@ def _record_fn(inputs: dict[str, Any], key: str, run: RunRecord) -> bool:
     retry_condition_fn=retry_unless(CifarError),
 )
 def save_run(
-    pipeline: dict[str, Any],
-    dataset,
-    validation,
-    trained,
+    pipeline: PipelineSettings,
+    dataset: DatasetRecord,
+    validation: ValidationRecord,
+    trained: TrainRecord,
     stages: dict[str, Any],
     flow_run_id: str | None,
     artifacts_dir: str,

@@ -1,5 +1,5 @@
-"""What the training stage is told and what it hands on: the ``training:`` settings of
-pipelines.yaml, the record of a trained model, and the error for settings it cannot train with."""
+"""What the training stage is told: the ``training:`` settings of pipelines.yaml, and the error
+for settings it cannot train with. What it hands on, ``TrainRecord``, is in ``tasks.core.records``."""
 
 from __future__ import annotations
 
@@ -120,11 +120,3 @@ class TrainingConfig:
             out.append(("optimizer", "is not used with training.recipe (its SGD takes recipe.learning_rate "
                         "and recipe.momentum); remove training.optimizer or training.recipe"))
         return out
-
-
-@dataclass(frozen=True)
-class TrainRecord:
-    """What the training stage hands on: the cache key and the committed model folder."""
-
-    key: str
-    path: str  # <data_dir>/models/<key>/

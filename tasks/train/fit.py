@@ -1,6 +1,7 @@
 """How a model is trained: the optimizer, the compile settings, and one seeded ``model.fit``
 over the cached dataset's input pipeline -- the notebook's recipe, or the airbench recipe of
-``training.recipe`` (``tasks.train.recipe``: its optimizer, loss, lookahead and input stream)."""
+``training.recipe`` (``tasks.train.recipe``: its optimizer, loss, lookahead and input stream;
+its Keras classes in ``tasks.train.recipe_keras``)."""
 
 from __future__ import annotations
 
@@ -92,13 +93,15 @@ def recipe_callbacks(cfg: TrainingConfig, dataset: DatasetRecord, callbacks: lis
     """``callbacks`` with the recipe's own before BackupAndRestore: the resume check, the
     lookahead (its state saved in the backup folder before the weights are) and the stem bias's
     freeze."""
+    from tasks.train.recipe_keras import FreezeStemBias, ResumeGuard
+
     backup = recipes.backup_of(callbacks)
-    ours = [recipes.resume_guard(start_epoch)]
+    ours = [ResumeGuard(start_epoch)]
     if cfg.recipe.lookahead:
         total = recipes.steps_per_epoch(dataset.train_size, cfg.batch_size) * cfg.epochs
         ours.append(recipes.lookahead_callback(cfg.recipe, total, backup.backup_dir if backup else None))
     if cfg.recipe.whiten and cfg.recipe.whiten_bias_epochs is not None:
-        ours.append(recipes.freeze_stem_bias(cfg.recipe.whiten_bias_epochs))
+        ours.append(FreezeStemBias(cfg.recipe.whiten_bias_epochs))
     at = callbacks.index(backup) if backup is not None else 0
     return [*callbacks[:at], *ours, *callbacks[at:]]
 

@@ -8,6 +8,7 @@ import os
 from typing import Any, Protocol
 
 from tasks.core.pixels import one_hot, scale_pixels
+from tasks.core.records import ValidationRecord
 from tasks.train.config import TrainingError
 
 
@@ -18,11 +19,12 @@ class PrepareSettings(Protocol):
     standardize: bool
 
 
-def preprocess_stats(validation, prepare: PrepareSettings) -> dict[str, Any]:
-    """{"mean", "std"}: the train split's channel statistics when ``prepare.standardize``."""
+def preprocess_stats(validation: ValidationRecord | None, prepare: PrepareSettings) -> dict[str, Any]:
+    """{"mean", "std"}: the train split's channel statistics when ``prepare.standardize`` (from the
+    validation summary; None: no validation ran, which only a pipeline that does not standardise takes)."""
     if not prepare.standardize:
         return {"mean": None, "std": None}
-    summary = getattr(validation, "summary", None) or {}
+    summary = validation.summary if validation is not None else {}
     mean, std = summary.get("channel_mean"), summary.get("channel_std")
     if mean is None or std is None:
         raise TrainingError("prepare.standardize is on but the validation summary has no "

@@ -10,7 +10,7 @@ from typing import Any
 
 from tasks.core import faults
 from tasks.core.files import atomic_write_json, read_json
-from tasks.core.logs import get_logger
+from tasks.core.logs import get_logger, in_prefect_run
 
 HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -32,12 +32,6 @@ def epoch_metrics(logs: dict[str, Any]) -> dict[str, float | None]:
         if k in HISTORY_METRICS:
             out[k] = float(v) if math.isfinite(float(v)) else None
     return out
-
-
-def in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
 class EpochTracker:

@@ -18,8 +18,9 @@ from tasks.core.datacache import DatasetRecord
 from tasks.core.files import file_lock
 from tasks.core.hashing import closure_fingerprint, stable_hash, to_jsonable
 from tasks.core.logs import get_logger
+from tasks.core.records import TrainRecord, ValidationRecord
 from tasks.train import board, recipe
-from tasks.train.config import TrainingConfig, TrainRecord
+from tasks.train.config import TrainingConfig
 from tasks.train.devices import (
     allow_memory_growth,
     local_workers,
@@ -44,7 +45,7 @@ def training_code_version() -> str:
     return closure_fingerprint("tasks.train.run")
 
 
-def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
+def train_key(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,
               prepare: PrepareSettings) -> str:
     """Content key: the data's content hash, model, full training config (seed included), the inputs'
     preprocessing and the code that decides the trained model (``training_code_version``)."""
@@ -53,7 +54,7 @@ def train_key(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfi
                        training_code_version())
 
 
-def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
+def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,
                  prepare: PrepareSettings, data_dir, force: bool = False,
                  extra_callbacks: tuple = (), slots: int | None = None) -> TrainRecord:
     """Train ``model`` on the cached dataset unless an intact result for the same key exists.
@@ -95,7 +96,7 @@ def run_training(dataset: DatasetRecord, validation, model: str, cfg: TrainingCo
     return TrainRecord(key=key, path=str(out))
 
 
-def train_and_commit(dataset: DatasetRecord, validation, model_name: str, cfg: TrainingConfig,
+def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None, model_name: str, cfg: TrainingConfig,
                      prepare: PrepareSettings, data_dir, key: str, *, chief: bool, role: str,
                      extra_callbacks: tuple) -> None:
     """Fit with epoch backups in the work dir (resuming from one that is there); the chief then

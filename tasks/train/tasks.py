@@ -9,7 +9,8 @@ from prefect import task
 
 from tasks.core.caching import VerifiedCache, same_path
 from tasks.core.datacache import DatasetRecord
-from tasks.train.config import TrainingConfig, TrainRecord
+from tasks.core.records import TrainRecord, ValidationRecord
+from tasks.train.config import TrainingConfig
 from tasks.train.inputs import PrepareSettings
 from tasks.train.model_folder import model_dir, trained_problems
 from tasks.train.run import run_training, train_key
@@ -33,7 +34,7 @@ def _task_record(inputs: dict[str, Any], key: str, trained: TrainRecord) -> bool
 @task(name="train_model", retries=1, cache_policy=VerifiedCache(
           key_fn=_task_key, valid_fn=_task_valid, record_fn=_task_record),
       persist_result=True, timeout_seconds=None)
-def train_model(dataset: DatasetRecord, validation, model: str, cfg: TrainingConfig,
+def train_model(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,
                 prepare: PrepareSettings, data_dir: str, force: bool = False,
                 slots: int | None = None) -> TrainRecord:
     """Train (or reuse) ``model`` on ``dataset``; a retry resumes from the epoch backup. The fit
