@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import re
 import sys
 from typing import Any
@@ -248,7 +249,7 @@ def cmd_serve(args) -> int:
         serve(settings, args.only, parse_set(args.overrides))
     # Prefect's serve returns only when a signal stopped it (it handles SIGTERM and Ctrl-C itself,
     # cancelling the runs in progress): say so, with the signal's exit code.
-    signum = interrupts.last_signal() or interrupts.signal.SIGTERM
+    signum = interrupts.last_signal() or signal.SIGTERM
     print(interrupts.message("cifar serve", signum) + "; runs in progress were cancelled or marked "
           "Crashed (rerun them: finished stages are cached)", file=sys.stderr)
     return interrupts.exit_code(signum)

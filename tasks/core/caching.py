@@ -134,12 +134,11 @@ def anchor_record(record: Path, result_dir: Path, fits: Callable[[Any], bool] | 
         value = meta.serializer.loads(here.read_bytes())
     except Exception as exc:  # noqa: BLE001 - unpickling raises anything; the task rebuilds it
         return f"has a result {here} that cannot be read ({type(exc).__name__}: {exc})"
-    if fits is not None:
+    if fits is not None and not fits(value):
         moved = relocated(value, *moved_roots(written.parent, here.parent))
-        if not fits(value):
-            if moved is value or not fits(moved):
-                return "names files outside this run's folders (moved or copied since it was written)"
-            atomic_write_bytes(here, meta.serializer.dumps(moved))
+        if moved is value or not fits(moved):
+            return "names files outside this run's folders (moved or copied since it was written)"
+        atomic_write_bytes(here, meta.serializer.dumps(moved))
     if written != here:
         meta.storage_key = str(here)
         atomic_write_bytes(record, meta.dump_bytes())

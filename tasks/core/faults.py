@@ -26,9 +26,15 @@ ENV = "CIFAR_FAULT_POINT"
 HOLD_SECONDS = 600.0
 
 
+def armed(point: str) -> bool:
+    """Whether this process is to hold at ``point``: for hooks that only exist to reach it (a
+    per-batch Keras callback costs every training step, so it is added only then)."""
+    return os.environ.get(ENV) == point
+
+
 def reached(point: str) -> None:
     """Hold here when the environment names ``point`` (a test is about to signal this process)."""
-    if os.environ.get(ENV) != point:
+    if not armed(point):
         return
     sys.stderr.write(f"fault point {point} reached (pid {os.getpid()})\n")
     sys.stderr.flush()

@@ -125,8 +125,8 @@ def _write_body(resp: httpx.Response, part: Path, offset: int, progress: Progres
                 f.write(block)
                 received += len(block)
                 progress.update(len(block))
-                if received == len(block):
-                    f.flush()
+                if received == len(block) and faults.armed("download.mid-stream"):
+                    f.flush()  # the first block on disk, where the fault matrix stops the run
                     faults.reached("download.mid-stream")
         except httpx.TransportError as exc:
             raise _Interrupted(received, f"{type(exc).__name__}: {exc}") from exc

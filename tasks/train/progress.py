@@ -63,6 +63,7 @@ class EpochTracker:
             def on_epoch_end(self, epoch, logs=None):
                 tracker.record(epoch + 1, logs or {})
 
+        class HoldMidEpoch(RecordEpoch):  # the fault matrix's point only: no per-batch hook otherwise
             def on_train_batch_end(self, batch, logs=None):
                 if batch == 0 and len(tracker.rows) >= 1:  # the first batch after an epoch was saved
                     faults.reached("fit.mid-epoch")
@@ -76,7 +77,8 @@ class EpochTracker:
                                                    tracker.rows[-1]["seconds"]))
                 tracker.show_progress()
 
-        self.recorder, self.announcer = RecordEpoch(), AnnounceEpoch()
+        self.recorder = HoldMidEpoch() if faults.armed("fit.mid-epoch") else RecordEpoch()
+        self.announcer = AnnounceEpoch()
 
     def record(self, epoch: int, logs: dict[str, Any]) -> None:
         """Epoch ``epoch`` (1-based) finished: its row replaces any later ones, then is saved."""

@@ -577,3 +577,17 @@ def test_train_model_task_caches_and_reports_progress(prefect_engine, tiny, tmp_
     (Path(rec.path) / "model.keras").unlink()
     c, _ = twice()
     assert c.name == "Completed" and c.result() == rec and not trained_problems(rec.path)
+
+
+def test_no_per_batch_hook_unless_the_fault_matrix_arms_one(tmp_path, monkeypatch):
+    """A per-batch Keras callback costs every training step: the fit.mid-epoch fault point adds
+    one only when CIFAR_FAULT_POINT names it."""
+    from tasks.core import faults
+    from tasks.train.progress import EpochTracker
+
+    monkeypatch.delenv(faults.ENV, raising=False)
+    plain = EpochTracker(None, 1, "k", persist=False).recorder
+    assert "on_train_batch_end" not in type(plain).__dict__
+    monkeypatch.setenv(faults.ENV, "fit.mid-epoch")
+    held = EpochTracker(None, 1, "k", persist=False).recorder
+    assert "on_train_batch_end" in type(held).__dict__
