@@ -128,15 +128,13 @@ def cmd_run(args) -> int:
     overrides = parse_set(args.overrides)
     settings = load_settings(args.config, overrides, args.pipeline)  # fail fast, before Prefect starts
     chosen = settings.pipeline(args.pipeline)
-    from prefect import tags
-
-    from flows.cifar import cifar
     from flows.embedded import embedded_api
-    from flows.outcomes import run_lines
 
     # The embedded API is this command's child, gone with it even after a kill -9, and stopped
-    # before the last lines below (no Prefect line after the report's path).
-    with embedded_api(), tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
+    # before the last lines below (no Prefect line after the report's path). The flow's imports
+    # run while it starts.
+    with embedded_api(meanwhile=_import_run_flow) as (cifar, tags, run_lines), \
+            tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
         summary = cifar(pipeline=args.pipeline, overrides=overrides, force=args.force,
                         config=str(settings.config_path))
     if "chief_run" in summary:  # a multi-worker worker: the chief saved and reports the run
@@ -150,13 +148,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _import_run_flow():
+    from prefect import tags
+
+    from flows.cifar import cifar
+    from flows.outcomes import run_lines
+
+    return cifar, tags, run_lines
+
+
+def _import_data_flow():
+    from flows.cifar import cifar_data
+
+    return cifar_data
+
+
 def cmd_data(args) -> int:
     overrides = parse_set(args.overrides)
     settings = load_settings(args.config, overrides, args.pipeline)
-    from flows.cifar import cifar_data
     from flows.embedded import embedded_api
 
-    with embedded_api():
+    with embedded_api(meanwhile=_import_data_flow) as cifar_data:
         summary = cifar_data(pipeline=args.pipeline, overrides=overrides, config=str(settings.config_path))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

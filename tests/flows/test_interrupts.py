@@ -46,8 +46,11 @@ def test_a_temporary_api_that_does_not_start_is_explained_and_stopped():
     class SlowServer:  # what Prefect's SubprocessASGIServer raises on a machine too busy to start it
         stopped = False
 
-        def start(self):
-            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+        def launch(self):
+            pass
+
+        def wait_ready(self, timeout):
+            raise RuntimeError("Timed out while attempting to connect to the temporary Prefect API server.")
 
         def stop(self):
             self.stopped = True
