@@ -1,9 +1,9 @@
 """The fault matrix on `cifar run`'s own temporary Prefect API (issue 26; tests/faultmatrix.py
 says what each fault must leave and what the rerun must show; docs/reliability.md has the table).
 
-Every fault point of one pipeline in turn, kill -9 / SIGTERM / SIGINT rotating over them (all
-three rotations with CIFAR_FAULT_MATRIX=full); batch scoring runs only as a deployment, so it is
-in the real-server half (tests/e2e/test_fault_matrix_server.py).
+This API's share of the fault points (``faultmatrix.SHARES``; every point, in all three rotations,
+with CIFAR_FAULT_MATRIX=full), kill -9 / SIGTERM / SIGINT rotating over them; batch scoring runs
+only as a deployment, so it is in the real-server half (tests/e2e/test_fault_matrix_server.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_killed_at_every_step_on_the_temporary_api_then_resumed(tmp_path, offset
     with Procs(tmp_path / "logs") as procs, FileServer() as server:
         chain = Chain(tmp_path, procs, server, "temporary", home, api_url=None)
         try:
-            for point, how in rotation(offset):
+            for point, how in rotation(offset, "temporary"):
                 chain.fault(point, how)
             chain.finish()
             chain.assert_resumed_and_intact()

@@ -1,7 +1,8 @@
 """The fault matrix against a real `prefect server start` (issue 26; tests/faultmatrix.py says what
 each fault must leave and what the rerun must show; docs/reliability.md has the table).
 
-The same chain as on the temporary API (another rotation of the signals), then batch scoring:
+The same chain as on the temporary API, at the other fault points (``faultmatrix.SHARES``; every
+point with CIFAR_FAULT_MATRIX=full), then batch scoring:
 `cifar serve` runs the `cifar-predict` deployment, which is stopped where its outputs are written
 but not yet published, and scored again once served anew.
 """
@@ -106,11 +107,11 @@ def test_killed_at_every_step_on_a_real_server_then_resumed(server, tmp_path, of
     with Procs(tmp_path / "logs") as procs, FileServer() as files:
         chain = Chain(tmp_path, procs, files, "real server", server[1], api_url=server[0])
         try:
-            for point, how in rotation(offset):
+            for point, how in rotation(offset, "server"):
                 chain.fault(point, how)
             chain.finish()
             chain.assert_resumed_and_intact()
-            _batch_scoring_fault(chain, procs, server, SIGNALS[(len(rotation(offset)) + offset) % len(SIGNALS)])
+            _batch_scoring_fault(chain, procs, server, SIGNALS[(len(rotation(offset, "server")) + offset) % len(SIGNALS)])
         finally:
             record(chain.outcomes, "real-server")
             print(procs.report(15))
