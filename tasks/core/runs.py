@@ -300,11 +300,13 @@ class PublishedRun:
         return str(self.metadata.get("created_at") or "")
 
 
-def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None = None) -> list[PublishedRun]:
+def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None = None,
+                  warn_damaged: bool = True) -> list[PublishedRun]:
     """The published runs of one pipeline, oldest first, each marked champion or not. A run whose
     metadata.json or metrics.json is unusable is left out with a warning naming the file (also
     appended to ``skipped``); an unreadable registry.json (see ``read_registry``) leaves every run
-    unmarked."""
+    unmarked. A run that does not verify is listed with its ``damage``, with a warning unless
+    ``warn_damaged`` is false (a caller that says so itself)."""
     skipped = [] if skipped is None else skipped
     folder = runs_dir(pipeline_folder)
     try:
@@ -330,7 +332,7 @@ def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None 
                       "Restore the file or delete the run folder; the other runs are not affected.")
             continue
         damage = tuple(verify.run_damage(d, metadata).items())
-        if damage:
+        if damage and warn_damaged:
             warn_once(d / METADATA, f"run {d.name} of {Path(pipeline_folder).name} is damaged: "
                       f"{verify.damage_text(damage)}. To resolve this: {verify.WHAT_TO_DO}.")
         runs.append(PublishedRun(d, metadata, metrics, named=d.name == champion, damage=damage))

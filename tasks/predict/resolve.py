@@ -61,7 +61,7 @@ def _sound(chosen: runs.PublishedRun, pipeline: str, published: list[runs.Publis
     """``chosen`` when it verifies (``tasks.core.verify``); a damaged run is never served."""
     if chosen.damage:
         what = "the champion registry.json names" if chosen.named else "run"
-        raise NoModelError(f"{what} {chosen.run_id} of {pipeline} is damaged, so it does not serve: "
+        raise NoModelError(f"{what} {chosen.run_id} of {pipeline} is damaged, so it was not loaded: "
                            f"{chosen.damaged}. To resolve this: {verify.WHAT_TO_DO}; or choose another "
                            f"run with --run RUN_ID ({_recent([r for r in published if not r.damage])}).")
     return chosen

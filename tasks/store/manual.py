@@ -67,7 +67,7 @@ def promote_by_hand(artifacts_dir: str | os.PathLike, pipeline: str, run_id: str
         if problem and runs.registry_path(folder).is_dir():
             raise PromoteError(f"{runs.registry_path(folder)} is a folder, not the pipeline's registry file; "
                                "move it away and run the command again")
-        published = runs.pipeline_runs(folder)
+        published = runs.pipeline_runs(folder, warn_damaged=False)  # the refusal says it
         run, by = _target(published, registry, pipeline, run_id)
         if run.damage:
             raise PromoteError(f"run {run.run_id} of {pipeline} is damaged, so it cannot be champion: "
