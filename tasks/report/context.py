@@ -404,13 +404,16 @@ def build_index_context(artifacts_dir: str | Path) -> dict[str, Any]:
     for r in rows:
         r["href"] = runs.report_href(r["pipeline"], r["run_id"])
     latest: dict[str, dict[str, Any]] = {}
+    sound: dict[str, dict[str, Any]] = {}  # each pipeline's latest run that verifies: compared
     for r in rows:  # newest first: the first seen is each pipeline's latest run
         if r["pipeline"] not in latest:
             latest[r["pipeline"]] = {**r, "history": runs.read_history(r["dir"]) or []}
+        if r["pipeline"] not in sound and not r["damaged"]:
+            sound[r["pipeline"]] = {**r, "history": runs.read_history(r["dir"]) or []}
     pipelines = sorted(latest)
     pairs = []
-    for a, b in itertools.combinations(pipelines, 2):
-        ra, rb = latest[a], latest[b]
+    for a, b in itertools.combinations(sorted(sound), 2):
+        ra, rb = sound[a], sound[b]
         pairs.append({
             "id": "cmp-" + re.sub(r"[^a-z0-9-]+", "-", f"{a}--vs--{b}".lower()) + "-"
                   + stable_hash(a, b, length=6),
@@ -424,7 +427,7 @@ def build_index_context(artifacts_dir: str | Path) -> dict[str, Any]:
         "pipelines": pipelines,
         "latest": [latest[p] for p in pipelines],
         "chart_png": data_uri(plot_index_accuracy(rows)) if rows else None,
-        "time_png": data_uri(plot_accuracy_vs_time(accuracy_time_series([latest[p] for p in pipelines]),
+        "time_png": data_uri(plot_accuracy_vs_time(accuracy_time_series([sound[p] for p in sorted(sound)]),
                                                    "Each pipeline's latest run: test accuracy against training time"))
         if rows else None,
         "glyph_note": glyph_note(pipelines),
