@@ -57,9 +57,11 @@ pipelines:
   svc-a:
     dataset: {dataset}
     training: {{epochs: 2, batch_size: 32, seed: 1}}
+    promote: {{min_value: 0}}  # two epochs on 100 images may not beat chance
   svc-b:
     dataset: {dataset}
     training: {{epochs: 2, batch_size: 32, seed: 2}}
+    promote: {{min_value: 0}}
 """)
         (root / "mw.yaml").write_text(f"""\
 artifacts_dir: artifacts-mw
@@ -68,6 +70,7 @@ pipelines:
   mw:
     dataset: {dataset}
     training: {{epochs: 1, batch_size: 32, strategy: multi_worker}}
+    promote: {{min_value: 0}}
 """)
         yield root
 
