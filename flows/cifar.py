@@ -13,6 +13,7 @@ from pydantic import Field
 
 from flows import cluster, interrupts
 from flows.config import DEFAULT_CONFIG, PipelineConfig, Settings, load_settings
+from flows.deploy import require_pinned
 from flows.outcomes import (
     code_versions, done_line, metric_value, on_run_failed, outcome, publish, scheduled_seed, trigger_record,
 )
@@ -107,6 +108,7 @@ def cifar(
     from tasks.train.tasks import train_model
     from tasks.train.board import copy_logs
 
+    require_pinned(pipeline)  # a deployment runs the pipeline it is named for, and no other
     settings, chosen = _settings(pipeline, overrides, config)
     configured_seed = chosen.training.seed
     if (seed := scheduled_seed(chosen.schedule, scheduled)) is not None:  # schedule.retrain: always

@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true", help="print JSON for scripts")
     _common(cmd)
 
+    cmd = sub.add_parser("promote", help="name a run the champion of its pipeline by hand, or roll back "
+                                       "(--previous); recorded in registry.json with when and why")
+    cmd.add_argument("pipeline")
+    cmd.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the run to name (`cifar runs PIPELINE` lists them)")
+    cmd.add_argument("--previous", action="store_true", help="roll back to the champion before the current one")
+    cmd.add_argument("--reason", metavar="TEXT", help="why, recorded in the registry and shown in the reports")
+    _common(cmd)
+
     cmd = sub.add_parser("report", help="regenerate a run's report (and the index) without retraining")
     cmd.add_argument("run", help="a run folder, PIPELINE/RUN_ID, or a run id (searched under artifacts_dir)")
     _common(cmd)
@@ -219,26 +227,45 @@ def _known_pipeline(settings: Settings, name: str) -> None:
 
 def cmd_runs(args) -> int:
     settings = _settings(args)
-    from tasks.core.runs import broken_champions, list_runs
-    from tasks.store.table import format_runs_table
+    from tasks.core.runs import list_runs
+    from tasks.store.table import damage_warnings, format_runs_table, size_note
 
     if args.pipeline is not None:
         _known_pipeline(settings, args.pipeline)
     rows = list_runs(str(settings.artifacts_dir), args.pipeline)
-    broken = broken_champions(str(settings.artifacts_dir), args.pipeline)
-    for r in rows:
-        r["champion_problem"] = broken.get(r["path"])  # its model.keras is missing or altered
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     elif not rows:
         print(f"no runs yet under {settings.artifacts_dir}" + (f" for {args.pipeline}" if args.pipeline else ""))
     else:
         print(format_runs_table(rows))
-    for r in rows:
-        if r.get("champion_problem"):
-            print(f"warning: the champion of {r['pipeline']}, run {r['run_id']}, is broken: "
-                  f"{r['champion_problem']}. The next `cifar run {r['pipeline']}` is compared with the "
-                  "best intact run instead (or restore the file).", file=sys.stderr)
+        if note := size_note(rows):
+            print(note)
+    for line in damage_warnings(rows):  # a damaged run is never champion; say what to do
+        print(line, file=sys.stderr)
+    return 0
+
+
+def cmd_promote(args) -> int:
+    settings = _settings(args)
+    from tasks.store.manual import PromoteError, promote_by_hand
+
+    if (args.run_id is None) == (not args.previous):
+        raise PromoteError("give either a RUN_ID to name champion, or --previous to roll back to the "
+                           f"champion before the current one (`cifar runs {args.pipeline}` lists the runs)")
+    _known_pipeline(settings, args.pipeline)
+    known = settings.pipelines.get(args.pipeline)
+    metric = known.promote.metric if known else "test_accuracy"
+    done = promote_by_hand(settings.artifacts_dir, args.pipeline, args.run_id, reason=args.reason, metric=metric)
+    if done["already"]:
+        print(f"{args.pipeline}: run {done['run_id']} is the champion already; nothing changed")
+        return 0
+    print(f"{args.pipeline}: run {done['run_id']} is the champion"
+          + (f" (was {done['replaced']})" if done["replaced"] else "") + f"; {done['reason']}")
+    from tasks.report.rendering import refresh_pages
+
+    for line in refresh_pages(settings.artifacts_dir, args.pipeline, [done["run_id"], done["replaced"]]):
+        print(line)
     return 0
 
 
@@ -289,7 +316,7 @@ def cmd_reports(args) -> int:
 
 COMMANDS = {
     "run": cmd_run, "data": cmd_data, "check": cmd_check, "serve": cmd_serve,
-    "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report, "predict": cmd_predict,
+    "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report, "predict": cmd_predict, "promote": cmd_promote,
     "reports": cmd_reports,
 }
 

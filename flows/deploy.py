@@ -18,6 +18,43 @@ class NeedsServer(CifarError):
     pass
 
 
+class PinnedDeploymentError(CifarError):
+    """A deployment's run asked for another pipeline than the one the deployment is for."""
+
+    exit_code = 2
+
+
+def pin_problem(requested: str | None, pinned: str | None, deployment: str) -> str | None:
+    """Why a run of ``deployment`` (``flow/name``), pinned to pipeline ``pinned``, may not run
+    pipeline ``requested`` (None too: the predict flow would then pick a default pipeline); None
+    when it may (the same pipeline, or no pin: a deployment registered with no pipeline)."""
+    if not pinned or requested == pinned:
+        return None
+    return (f"deployment {deployment} runs pipeline {pinned!r} only, but this run asked for "
+            f"pipeline={requested!r}; nothing was run. Each deployment is pinned to the pipeline it is "
+            f"named for, so that a run's model is trained, judged and promoted under its own pipeline's "
+            f"rules. To resolve this: run the deployment of that pipeline instead "
+            f"(`prefect deployment run {deployment.split('/')[0]}/{requested}`), or leave out --param pipeline.")
+
+
+def require_pinned(requested: str | None) -> None:
+    """Inside a deployment's flow run: PinnedDeploymentError unless ``requested`` is the pipeline
+    the deployment is pinned to (its own stored ``pipeline`` parameter, which every deployment
+    this module registers carries; read from the API, not from the run's parameters, which
+    ``--param`` overrides). Outside a deployment (``cifar run``), nothing to check."""
+    from prefect.runtime import deployment, flow_run
+
+    if not deployment.id:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment(deployment.id)
+    pinned = (dep.parameters or {}).get("pipeline")
+    if problem := pin_problem(requested, pinned, f"{flow_run.flow_name}/{dep.name}"):
+        raise PinnedDeploymentError(problem)
+
+
 def api_url() -> str | None:
     from prefect.settings import PREFECT_API_URL
 

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from flows.config import DEFAULT_CONFIG, load_settings
+from flows.deploy import require_pinned
 from tasks.core.caching import bind_local
 from tasks.core.logs import get_logger
 
@@ -85,6 +86,7 @@ def cifar_predict(
     from tasks.predict.inputs import describe_input
     from tasks.predict.resolve import SERVING_FILES, resolve_model
 
+    require_pinned(pipeline)  # the deployment of a pipeline scores with that pipeline's models only
     settings = load_settings(config, overrides or {})
     data_dir, artifacts_dir = str(settings.data_dir), settings.artifacts_dir
     log = get_logger()

@@ -93,6 +93,7 @@ pipelines:
     dataset: {{format: cifar10-binary, source: '{url}', sha256: {sha256}, retries: 1}}
     training: {{epochs: {EPOCHS}, batch_size: 32, seed: 3}}
     keep_last: 2
+    promote: {{min_value: 0}}  # a 1-epoch model on 300 images may not beat chance
 """)
     return config
 
@@ -238,7 +239,7 @@ class Chain:
             assert verify_run_files(run.dir) == [], run.dir
         champion = runs.champion_id(runs.pipeline_dir(artifacts, PIPELINE))
         assert champion in {run.run_id for run in published}, champion
-        assert runs.broken_champions(artifacts, PIPELINE) == {}
+        assert runs.damaged_runs(artifacts, PIPELINE) == {}
         latest = published[-1].dir
         assert (latest / "report.html").read_text().rstrip().endswith("</html>")
 

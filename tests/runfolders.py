@@ -20,7 +20,8 @@ import numpy as np
 
 from tasks.core.datacache import DatasetRecord, write_dataset_cache
 from tasks.core.files import atomic_write_json, read_json
-from tasks.core.hashing import stable_hash
+from tasks.core.hashing import hash_file, stable_hash
+from tasks.core.registry import set_champion, write_registry
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # The notebook's CNN as Keras 3 reports it (output shapes with the batch dim, params per layer).
@@ -176,30 +177,44 @@ def make_run(artifacts_dir: Path, dataset: DatasetRecord, pipeline: str, created
                       "champion_before": champ["run_id"] if champ else None,
                       "champion_value": champ["value"] if champ else None,
                       "previous_run": previous, "previous_value": prev_value},
-        "files": {"model.keras": "ef" * 32},
+        "files": recorded_files(run_dir),
     }
     atomic_write_json(run_dir / "metadata.json", meta)
     if promoted:
-        atomic_write_json(registry_path, {"champion": {
-            "run_id": run_id, "metric": "test_accuracy", "value": acc,
-            "promoted_at": created_at.isoformat(), "reason": reason}})
+        registry = read_json(registry_path) if registry_path.is_file() else {}
+        set_champion(registry, {"run_id": run_id, "metric": "test_accuracy", "value": acc,
+                                "promoted_at": created_at.isoformat(), "reason": reason, "by": "rule"})
+        write_registry(registry_path, registry)
     return run_dir
+
+
+def recorded_files(run_dir: Path) -> dict[str, str]:
+    """metadata.json's ``files`` as the store records them, for a fake run: a stand-in
+    model.keras is written first (the readers check its sha256, never load it)."""
+    model = run_dir / "model.keras"
+    if not model.exists():
+        model.write_bytes(b"not a keras model: " + run_dir.name.encode())
+    return {name: hash_file(run_dir / name).sha256 for name in ("model.keras", "metrics.json", "history.json",
+                                                                "predictions.npz") if (run_dir / name).is_file()}
 
 
 T0 = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
 
 
 # --------------------------------------------------------------------------- the artifacts' tables
-def stub_run(artifacts: Path, pipeline: str, run_id: str, acc: float, *, train_key="k", sha="s",
+def stub_run(artifacts: Path, pipeline: str, run_id: str, acc: float, *, train_key="k", sha=None,
              created="2026-12-01T10:00:00") -> Path:
-    """A run folder holding only what the artifacts' tables and the cluster's lookups read."""
+    """A run folder holding only what the artifacts' tables and the cluster's lookups read. Its
+    files verify (``tasks.core.verify``), unless ``sha`` names the model's sha256 as train.json
+    would (the cluster's lookups match it; the run is then damaged for every other reader)."""
     run = artifacts / pipeline / "runs" / run_id
     run.mkdir(parents=True)
     atomic_write_json(run / "metrics.json", {"test_accuracy": acc, "per_class": [
         {"class": "cat", "precision": 0.123456, "recall": 0.5, "accuracy": 0.5, "support": 4}]})
     atomic_write_json(run / "metadata.json", {
         "pipeline": pipeline, "run_id": run_id, "created_at": created,
-        "cache_keys": {"train": train_key}, "files": {"model.keras": sha},
+        "cache_keys": {"train": train_key},
+        "files": {**recorded_files(run), **({"model.keras": sha} if sha else {})},
         "validation": {"checks": [{"name": "labels in range", "passed": True, "detail": "0..9"},
                                   {"name": "no NaN", "passed": False, "detail": "3 rows"}]}})
     return run

@@ -99,20 +99,24 @@ def three_class_cache(root: Path, shape=(8, 8, 3)):
         Y_TEST, CLASSES3, {"source": "test-fixture", "archive_sha256": "ab" * 32, "format": "test"})
 
 
-def pipeline(name="tiny", min_delta=0.0):
-    """A resolved pipeline config, as the flow hands it to the store."""
+def pipeline(name="tiny", min_delta=0.0, min_value: float | None = 0.0, auto: bool = True):
+    """A resolved pipeline config, as the flow hands it to the store. ``min_value`` 0: the
+    constant classifiers of these fixtures score at or under chance, which the default floor
+    (better than chance) never promotes; tests of the floor pass None."""
     from flows.config import PipelineConfig
     from tasks.store.config import PromoteConfig
     from tasks.train.config import TrainingConfig
 
-    return PipelineConfig(name=name, training=TrainingConfig(epochs=1), promote=PromoteConfig(min_delta=min_delta))
+    return PipelineConfig(name=name, training=TrainingConfig(epochs=1),
+                          promote=PromoteConfig(min_delta=min_delta, min_value=min_value, auto=auto))
 
 
-def store_trained(artifacts: Path, dataset, trained, name="tiny"):
-    """The store stage's save of ``trained`` as a run of pipeline ``name`` (min_delta 0)."""
+def store_trained(artifacts: Path, dataset, trained, name="tiny", **promote):
+    """The store stage's save of ``trained`` as a run of pipeline ``name`` (min_delta 0; ``promote``:
+    ``pipeline``'s other keywords)."""
     from tasks.core.records import ValidationRecord
     from tasks.store.saving import store_run
 
     validation = ValidationRecord(dataset.fingerprint, {"checks": [], "train_test_duplicates": 0})
     stages = {"train": {"seconds": 1.0, "cache_hit": False}}
-    return store_run(pipeline(name), dataset, validation, trained, stages, None, str(artifacts))
+    return store_run(pipeline(name, **promote), dataset, validation, trained, stages, None, str(artifacts))

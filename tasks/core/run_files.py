@@ -104,10 +104,17 @@ class _Champion(TypedDict, total=False):
     value: float | None
     promoted_at: str
     reason: str
+    by: str
+
+
+_Decision = TypedDict("_Decision", {"run_id": str, "at": str, "by": str, "reason": str,
+                                    "replaced": str | None}, total=False)
 
 
 class _Registry(TypedDict, total=False):
     champion: _Champion | None
+    history: list[_Decision]
+    sha256: str
 
 
 _SHAPES = {"metadata": TypeAdapter(_Metadata), "metrics": TypeAdapter(_Metrics),

@@ -14,8 +14,12 @@ reorder them. Runs saved before ``seq`` existed sort first, by ``created_at`` as
 
 A run is *published* (complete) when its folder name has no leading dot (dot-folders are being
 written or deleted) and both its metadata.json and metrics.json are readable and hold what a run
-writes (``tasks.core.run_files``). A damaged run, or a damaged registry.json, is skipped with a
+writes (``tasks.core.run_files``). An unreadable run, or a damaged registry.json, is skipped with a
 warning naming the file: it never breaks the listing of the other runs and pipelines.
+
+A published run is *verified* as it is listed (``tasks.core.verify``): metrics.json and the model
+files that serve must still have the sha256 metadata.json recorded. One that does not is listed
+as damaged (``PublishedRun.damage``), never as champion, whatever registry.json says.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.core import verify
 from tasks.core.errors import CifarError
-from tasks.core.hashing import hash_file
+from tasks.core.registry import checksum_problem
 from tasks.core.run_files import read_run_file, warn_once
 
 RUNS = "runs"
@@ -114,6 +119,7 @@ def load_registry(pipeline_folder: str | os.PathLike) -> tuple[dict[str, Any], s
     if not path.exists():
         return {"champion": None}, None
     registry, problem = read_run_file(path, "registry")
+    problem = problem or checksum_problem(path, registry)
     if problem:
         return {"champion": None}, problem
     return {**registry, "champion": registry.get("champion")}, None
@@ -139,22 +145,27 @@ def champion_id(pipeline_folder: str | os.PathLike) -> str | None:
     return (read_registry(pipeline_folder).get("champion") or {}).get("run_id")
 
 
-def model_problem(run_folder: str | os.PathLike, metadata: dict[str, Any]) -> str | None:
-    """Why a run's model.keras cannot be used (missing, or not the file metadata.json recorded),
-    or None when it is intact. Hashes the file: call it for a champion, not for every run."""
-    model = Path(run_folder) / "model.keras"
-    if not model.is_file():
-        return f"{model} is missing"
-    recorded = (metadata.get("files") or {}).get("model.keras")
-    if recorded and hash_file(model).sha256 != recorded:
-        return f"{model} was altered (its sha256 differs from the one in metadata.json)"
-    return None
-
-
 def metric_of(run_folder: str | os.PathLike, metric: str) -> float | None:
-    """A run's value of ``metric`` from its metrics.json; None when absent or unreadable."""
-    metrics, _ = read_run_file(Path(run_folder) / METRICS, "metrics")
+    """A run's value of ``metric`` from its metrics.json; None when absent, unreadable, or not
+    the file its metadata.json recorded (``tasks.core.verify``)."""
+    folder = Path(run_folder)
+    metadata, _ = read_run_file(folder / METADATA, "metadata")
+    if metadata is None or verify.run_damage(folder, metadata, (verify.METRICS,)):
+        return None
+    metrics, _ = read_run_file(folder / METRICS, "metrics")
     return _number(metrics.get(metric)) if metrics else None
+
+
+def test_images(metrics: dict[str, Any]) -> int | None:
+    """How many test images a run's metrics were measured on: ``test_size``, else the sum of the
+    per-class supports (runs saved before ``test_size`` was written), else None."""
+    size = metrics.get("test_size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    supports = [row.get("support") for row in metrics.get("per_class") or [] if isinstance(row, dict)]
+    if supports and all(isinstance(n, int) for n in supports):
+        return sum(supports)
+    return None
 
 
 def read_history(run_folder: str | os.PathLike) -> list[dict[str, Any]] | None:
@@ -239,12 +250,33 @@ def next_sequence(metadata: list[dict[str, Any]]) -> int:
 # =========================================================================== listing
 @dataclass(frozen=True)
 class PublishedRun:
-    """One complete run folder with its metadata.json and metrics.json already read."""
+    """One complete run folder with its metadata.json and metrics.json already read, and what
+    does not verify (``damage``: (file name, why) pairs; empty for a sound run). ``named``: the
+    registry names it champion; ``champion``: named and verified."""
 
     dir: Path
     metadata: dict[str, Any]
     metrics: dict[str, Any]
-    champion: bool = False
+    named: bool = False
+    damage: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def champion(self) -> bool:
+        return self.named and not self.damage
+
+    @property
+    def damaged(self) -> str | None:
+        """Why the run does not verify (one sentence), or None."""
+        return verify.damage_text(self.damage)
+
+    @property
+    def value_verified(self) -> bool:
+        """metrics.json is the file the store wrote: its numbers may be shown and compared."""
+        return verify.METRICS not in dict(self.damage)
+
+    @property
+    def test_images(self) -> int | None:
+        return test_images(self.metrics)
 
     @property
     def run_id(self) -> str:
@@ -268,11 +300,13 @@ class PublishedRun:
         return str(self.metadata.get("created_at") or "")
 
 
-def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None = None) -> list[PublishedRun]:
+def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None = None,
+                  warn_damaged: bool = True) -> list[PublishedRun]:
     """The published runs of one pipeline, oldest first, each marked champion or not. A run whose
     metadata.json or metrics.json is unusable is left out with a warning naming the file (also
     appended to ``skipped``); an unreadable registry.json (see ``read_registry``) leaves every run
-    unmarked."""
+    unmarked. A run that does not verify is listed with its ``damage``, with a warning unless
+    ``warn_damaged`` is false (a caller that says so itself)."""
     skipped = [] if skipped is None else skipped
     folder = runs_dir(pipeline_folder)
     try:
@@ -297,8 +331,12 @@ def pipeline_runs(pipeline_folder: str | os.PathLike, skipped: list[str] | None 
             warn_once(d / METADATA, f"skipping run {d.name} of {Path(pipeline_folder).name}: {problem}. "
                       "Restore the file or delete the run folder; the other runs are not affected.")
             continue
-        runs.append(PublishedRun(d, metadata, metrics, champion=d.name == champion))
-    if champion and not any(run.champion for run in runs):
+        damage = tuple(verify.run_damage(d, metadata).items())
+        if damage and warn_damaged:
+            warn_once(d / METADATA, f"run {d.name} of {Path(pipeline_folder).name} is damaged: "
+                      f"{verify.damage_text(damage)}. To resolve this: {verify.WHAT_TO_DO}.")
+        runs.append(PublishedRun(d, metadata, metrics, named=d.name == champion, damage=damage))
+    if champion and not any(run.named for run in runs):
         warn_once(registry_path(pipeline_folder), f"{registry_path(pipeline_folder)} names champion "
                   f"{champion}, whose run folder is missing or unreadable; the next run of "
                   f"{Path(pipeline_folder).name} is compared with the best intact run instead")
@@ -331,8 +369,10 @@ def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None
 def list_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> list[dict[str, Any]]:
     """One row per published run, newest first (all pipelines, or one): what ``cifar runs`` shows.
 
-    Row: pipeline, run_id, created_at, model, epochs, test_accuracy, train_seconds, champion
-    (bool, from registry.json), report (report.html's path or None), path."""
+    Row: pipeline, run_id, created_at, model, epochs, test_accuracy (None when metrics.json does
+    not verify), test_images (how many the accuracy was measured on), train_seconds, champion
+    (bool: registry.json names it and it verifies), damaged (why it does not verify, or None),
+    named_champion (registry.json names it), report (report.html's path or None), path."""
     rows = []
     for run in published_runs(artifacts_dir, pipeline):
         training = run.metadata.get("training") or {}
@@ -343,17 +383,19 @@ def list_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> 
             "created_at": run.metadata.get("created_at"),
             "model": (run.metadata.get("model") or {}).get("name"),
             "epochs": training.get("epochs"),
-            "test_accuracy": _number(run.metrics.get("test_accuracy")),
+            "test_accuracy": _number(run.metrics.get("test_accuracy")) if run.value_verified else None,
+            "test_images": run.test_images if run.value_verified else None,
             "train_seconds": training.get("seconds"),
             "champion": run.champion,
+            "damaged": run.damaged,
+            "named_champion": run.named,
             "report": str(report) if report.is_file() else None,
             "path": str(run.dir),
         })
     return rows
 
 
-def broken_champions(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> dict[str, str]:
-    """{run folder: why its model cannot be used} for each pipeline's champion whose model.keras
-    is missing or altered (what ``cifar runs`` warns about; the next save never compares with it)."""
-    return {str(run.dir): problem for run in published_runs(artifacts_dir, pipeline)
-            if run.champion and (problem := model_problem(run.dir, run.metadata))}
+def damaged_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> dict[str, str]:
+    """{run folder: why it does not verify} for each damaged published run (what ``cifar runs``
+    warns about; such a run is never champion, and the next save replaces a damaged champion)."""
+    return {str(run.dir): run.damaged for run in published_runs(artifacts_dir, pipeline) if run.damage}

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core import runs
+from tasks.core import runs, verify
 from tasks.predict.errors import NoModelError
 
 DEFAULT_PIPELINE = "train"
@@ -57,18 +57,29 @@ def _recent(published: list[runs.PublishedRun], n: int = 5) -> str:
     return ", ".join(ids) + (" ..." if len(published) > n else "")
 
 
+def _sound(chosen: runs.PublishedRun, pipeline: str, published: list[runs.PublishedRun]) -> runs.PublishedRun:
+    """``chosen`` when it verifies (``tasks.core.verify``); a damaged run is never served."""
+    if chosen.damage:
+        what = "the champion registry.json names" if chosen.named else "run"
+        raise NoModelError(f"{what} {chosen.run_id} of {pipeline} is damaged, so it was not loaded: "
+                           f"{chosen.damaged}. To resolve this: {verify.WHAT_TO_DO}; or choose another "
+                           f"run with --run RUN_ID ({_recent([r for r in published if not r.damage])}).")
+    return chosen
+
+
 def choose_run(published: list[runs.PublishedRun], pipeline: str, run: str,
                pipeline_folder: Path) -> runs.PublishedRun:
-    """The run ``run`` names among a pipeline's published runs (oldest first)."""
+    """The run ``run`` names among a pipeline's published runs (oldest first); never a damaged
+    one (its message says what is wrong and what to do)."""
     if not published:
         raise NoModelError(f"pipeline {pipeline!r} has no runs under {pipeline_folder.parent}; train it "
                            f"with `cifar run {pipeline}`, or choose another with --pipeline NAME.")
     if run == LATEST:
-        return published[-1]
+        return _sound(published[-1], pipeline, published)
     if run == CHAMPION:
         for candidate in published:
-            if candidate.champion:
-                return candidate
+            if candidate.named:
+                return _sound(candidate, pipeline, published)
         champion = runs.champion_id(pipeline_folder)
         why = (f"its registry names {champion}, which is not a published run" if champion
                else f"no run has been promoted in {runs.registry_path(pipeline_folder)}")
@@ -76,7 +87,7 @@ def choose_run(published: list[runs.PublishedRun], pipeline: str, run: str,
                            f"run id: {_recent(published)}.")
     for candidate in published:
         if candidate.run_id == run:
-            return candidate
+            return _sound(candidate, pipeline, published)
     raise NoModelError(f"pipeline {pipeline!r} has no run {run!r} under {runs.runs_dir(pipeline_folder)}; "
                        f"its runs, newest first: {_recent(published)} (`cifar runs {pipeline}` lists them).")
 

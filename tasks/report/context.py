@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.core import runs
+from tasks.core import runs, verify
 from tasks.core.hashing import stable_hash, to_jsonable
 from tasks.report.changes import changes_since_champion
 from tasks.report.config import ReportConfig
@@ -114,19 +114,24 @@ def headline(meta: dict[str, Any], metrics: dict[str, Any], artifacts_dir: Path)
         run_id = promo.get(run_key)
         if not run_id:
             return None
-        value = runs.metric_of(runs.run_dir(artifacts_dir, pipeline, run_id), "test_accuracy")
+        folder = runs.run_dir(artifacts_dir, pipeline, run_id)
+        value = runs.metric_of(folder, "test_accuracy")  # None unless its metrics.json verifies
+        images = _images_of(folder) if value is not None else None
         rescored = promo.get("champion_rescored") or {}
         if run_key == "champion_before" and rescored.get("test_accuracy") is not None:
             value = float(rescored["test_accuracy"])  # on this run's test images, as compared
+            images = rescored.get("images")
         if value is None and metric == "test_accuracy" and promo.get(value_key) is not None:
-            value = float(promo[value_key])
-        return {"run_id": run_id, "accuracy": value,
+            value = float(promo[value_key])  # as recorded in this run's metadata when it was judged
+        return {"run_id": run_id, "accuracy": value, "images": images,
+                "other_images": images is not None and images != runs.test_images(metrics),
                 "delta_pp": None if value is None else (acc - value) * 100}
 
     return {
         "accuracy": acc,
         "accuracy_repr": repr(acc),
         "accuracy_pct": f"{acc * 100:.2f}%",
+        "images": runs.test_images(metrics),
         "loss": metrics.get("test_loss"),
         "champion": other("champion_before", "champion_value"),
         "previous": other("previous_run", "previous_value"),
@@ -135,6 +140,14 @@ def headline(meta: dict[str, Any], metrics: dict[str, Any], artifacts_dir: Path)
         "metric": metric,
         "metric_value": promo.get("value"),
     }
+
+
+def _images_of(run_folder: Path) -> int | None:
+    """How many test images a run's metrics.json says it was scored on (None when unreadable)."""
+    from tasks.core.run_files import read_run_file
+
+    metrics, _ = read_run_file(run_folder / runs.METRICS, "metrics")
+    return runs.test_images(metrics) if metrics else None
 
 
 def glyph_note(names) -> str | None:
@@ -229,28 +242,59 @@ def index_rows(artifacts_dir: str | Path, pipeline: str | None = None,
             "epochs": training.get("epochs"),
             "seconds_per_epoch": training.get("seconds_per_epoch"),
             "train_seconds": training.get("seconds"),
-            "test_accuracy": metrics.get("test_accuracy"),
-            "test_loss": metrics.get("test_loss"),
+            # a value shown only from a metrics.json that verifies (tasks.core.verify)
+            "test_accuracy": metrics.get("test_accuracy") if run.value_verified else None,
+            "test_loss": metrics.get("test_loss") if run.value_verified else None,
+            "test_images": run.test_images if run.value_verified else None,
             "champion": run.champion,
+            "damaged": run.damaged,
             "has_report": (run.dir / runs.REPORT).is_file(),
         })
     return rows
 
 
+def size_note(sizes: list[int | None], what: str = "these runs") -> str | None:
+    """A sentence saying ``what`` were measured on test sets of different sizes, or None."""
+    known = sorted({n for n in sizes if n is not None})
+    if len(known) < 2:
+        return None
+    return (f"The accuracies of {what} were measured on test sets of different sizes "
+            f"({', '.join(f'{n:,}' for n in known)} images): they are not comparable.")
+
+
+def decision_of(pipeline_folder: Path, run_id: str | None = None) -> dict[str, Any] | None:
+    """The registry's champion as the pages show it: run_id, by, when, why; None without one
+    (or when ``run_id`` is given and is not the champion)."""
+    champion = runs.read_registry(pipeline_folder).get("champion") or {}
+    if not champion or (run_id is not None and champion.get("run_id") != run_id):
+        return None
+    by = champion.get("by", "rule")
+    return {"run_id": champion.get("run_id"), "by": by, "at": champion.get("promoted_at", ""),
+            "reason": champion.get("reason", ""),
+            "by_person": by in ("person", "rollback"),
+            "who": {"person": "a person (cifar promote)", "rollback": "a person's rollback (cifar promote --previous)",
+                    "stand-in": "the store, standing in for a damaged champion",
+                    "rebuild": "the store, rebuilding a damaged registry.json"}.get(by, "the promotion rule")}
+
+
 def _comparison(meta: dict[str, Any], history: list[dict[str, Any]], artifacts_dir: Path):
     """The plot of this run's validation accuracy vs the champion before it and the previous runs
-    of its pipeline: (PNG data URI or None, champion shown or None, previous run ids shown)."""
+    of its pipeline: (PNG data URI or None, champion shown or None, previous run ids shown,
+    the test-set sizes of the runs shown)."""
     pipeline, run_id = meta.get("pipeline", ""), meta.get("run_id", "")
     champ_id = (meta.get("promotion") or {}).get("champion_before")
     champ_hist = runs.read_history(runs.run_dir(artifacts_dir, pipeline, champ_id)) if champ_id else None
-    earlier = [r for r in index_rows(artifacts_dir, pipeline)
+    rows = index_rows(artifacts_dir, pipeline)
+    earlier = [r for r in rows
                if r["order"] < runs.run_order(meta, run_id)
-               and r["run_id"] != champ_id][:COMPARED_RUNS]
+               and r["run_id"] != champ_id and not r["damaged"]][:COMPARED_RUNS]
     prev = [(r["run_id"], h) for r in earlier if (h := runs.read_history(r["dir"]))]
     png = None
     if champ_hist or prev:
         png = data_uri(plot_comparison((run_id, history), (champ_id, champ_hist) if champ_hist else None, prev))
-    return png, champ_id if champ_hist else None, [p[0] for p in prev]
+    shown = {p[0] for p in prev} | ({champ_id} if champ_hist else set())
+    sizes = [r["test_images"] for r in rows if r["run_id"] in shown]
+    return png, champ_id if champ_hist else None, [p[0] for p in prev], sizes
 
 
 def _test_pictures(pred: dict[str, Any], images, cfg: ReportConfig, classes: list[str], data_path: Any):
@@ -285,7 +329,7 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
     dataset = meta.get("dataset") or {}
     model = meta.get("model") or {}
     training = meta.get("training") or {}
-    comparison, compared_champion, compared_previous = _comparison(meta, history, artifacts_dir)
+    comparison, compared_champion, compared_previous, compared_sizes = _comparison(meta, history, artifacts_dir)
     grid, worst, images_note = _test_pictures(pred, images, cfg, classes, dataset.get("path"))
     shapes = dataset.get("shapes") or {}
     counts = dataset.get("counts") or {}
@@ -305,6 +349,10 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
         "recipe": recipe_section(training, metrics),
         "comparison_png": comparison,
         "comparison_runs": {"champion": compared_champion, "previous": compared_previous},
+        "comparison_note": size_note([runs.test_images(metrics), *compared_sizes], "the runs in this plot"),
+        "damaged": verify.damage_text(verify.run_damage(run["dir"], meta)),
+        "what_to_do": verify.WHAT_TO_DO,
+        "decision": decision_of(runs.pipeline_dir(artifacts_dir, pipeline), run_id),
         "confusion_png": data_uri(plot_confusion(metrics.get("confusion_matrix", []), classes)),
         "per_class": per_class_rows(metrics),
         "grid_png": grid,
@@ -356,29 +404,38 @@ def build_index_context(artifacts_dir: str | Path) -> dict[str, Any]:
     for r in rows:
         r["href"] = runs.report_href(r["pipeline"], r["run_id"])
     latest: dict[str, dict[str, Any]] = {}
+    sound: dict[str, dict[str, Any]] = {}  # each pipeline's latest run that verifies: compared
     for r in rows:  # newest first: the first seen is each pipeline's latest run
         if r["pipeline"] not in latest:
             latest[r["pipeline"]] = {**r, "history": runs.read_history(r["dir"]) or []}
+        if r["pipeline"] not in sound and not r["damaged"]:
+            sound[r["pipeline"]] = {**r, "history": runs.read_history(r["dir"]) or []}
     pipelines = sorted(latest)
     pairs = []
-    for a, b in itertools.combinations(pipelines, 2):
-        ra, rb = latest[a], latest[b]
+    for a, b in itertools.combinations(sorted(sound), 2):
+        ra, rb = sound[a], sound[b]
         pairs.append({
             "id": "cmp-" + re.sub(r"[^a-z0-9-]+", "-", f"{a}--vs--{b}".lower()) + "-"
                   + stable_hash(a, b, length=6),
             "a": ra, "b": rb,
             "png": data_uri(plot_pair(ra, rb)),
+            "size_note": size_note([ra["test_images"], rb["test_images"]], f"{a} and {b}"),
         })
+    decisions = {p: decision_of(runs.pipeline_dir(artifacts_dir, p)) for p in pipelines}
     return {
         "rows": rows,
         "pipelines": pipelines,
         "latest": [latest[p] for p in pipelines],
         "chart_png": data_uri(plot_index_accuracy(rows)) if rows else None,
-        "time_png": data_uri(plot_accuracy_vs_time(accuracy_time_series([latest[p] for p in pipelines]),
+        "time_png": data_uri(plot_accuracy_vs_time(accuracy_time_series([sound[p] for p in sorted(sound)]),
                                                    "Each pipeline's latest run: test accuracy against training time"))
         if rows else None,
         "glyph_note": glyph_note(pipelines),
         "skipped": skipped,  # damaged files, each left out with what is wrong
+        "damaged": [r for r in rows if r["damaged"]],  # listed, never champion
+        "what_to_do": verify.WHAT_TO_DO,
+        "decisions": decisions,  # each pipeline's champion: who decided, when, why
+        "size_note": size_note([r["test_images"] for r in rows], "the runs below"),
         "pairs": pairs,
         "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }

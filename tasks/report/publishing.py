@@ -50,6 +50,8 @@ def headline_markdown(meta: dict[str, Any], metrics: dict[str, Any], head: dict[
         o = head[name]
         if o and o["delta_pp"] is not None:
             lines.append(f"| vs {name} {esc(o['run_id'])} | {o['delta_pp']:+.2f} pp |")
+    if head.get("images") is not None:
+        lines.insert(5, f"| Test images | {head['images']:,} |")
     lines += [f"| Promoted | {'yes' if head['promoted'] else 'no'}: {esc(head['reason'])} |",
               f"| Report | `{report}` |"]
     return "\n".join(lines) + "\n"
@@ -94,14 +96,16 @@ def checks_table(meta: dict[str, Any]) -> list[dict[str, Any]]:
 
 def runs_table(artifacts_dir: Path, pipeline: str, current: str | None = None,
                base: str | None = None) -> list[dict[str, Any]]:
-    """The pipeline's runs, newest first: the champion marked, this run marked, the report's
-    address on the reports server when there is one."""
+    """The pipeline's runs, newest first: the champion marked, a damaged run marked (its value
+    left out when metrics.json is what fails), the test-set size beside each accuracy, this run
+    marked, the report's address on the reports server when there is one."""
     rows = []
     for run in reversed(runs.pipeline_runs(runs.pipeline_dir(artifacts_dir, pipeline))):
-        acc = run.metrics.get("test_accuracy")
+        acc = run.metrics.get("test_accuracy") if run.value_verified else None
         row = {"run": run.run_id, "created": str(run.metadata.get("created_at") or "")[:19],
                "test_accuracy": None if acc is None else round(float(acc), 4),
-               "champion": "★ champion" if run.champion else "",
+               "test_images": run.test_images if run.value_verified else None,
+               "champion": "damaged" if run.damage else "★ champion" if run.champion else "",
                "this run": "◀" if run.run_id == current else ""}
         if base:
             row["report"] = f"{base}/{runs.report_href(pipeline, run.run_id)}"

@@ -139,3 +139,21 @@ def regenerate(run_dir: str | Path, artifacts_dir: str | Path | None = None) -> 
     artifacts_dir = Path(artifacts_dir).resolve() if artifacts_dir else runs.artifacts_dir_of(run_dir)
     report = render_report(run_dir, artifacts_dir=artifacts_dir)
     return report, render_index(artifacts_dir)
+
+
+def refresh_pages(artifacts_dir: str | Path, pipeline: str, run_ids: list[str | None]) -> list[str]:
+    """After a person's decision (``cifar promote``): rewrite the reports of ``run_ids`` that have
+    one (they say who is champion and why) and the index. Returns lines saying what was written;
+    a run whose report cannot be rebuilt is named, never fatal (the decision is already made)."""
+    artifacts_dir = Path(artifacts_dir).resolve()
+    lines = []
+    for run_id in dict.fromkeys(r for r in run_ids if r):
+        folder = runs.run_dir(artifacts_dir, pipeline, run_id)
+        if not (folder / runs.REPORT).is_file():
+            continue
+        try:
+            lines.append(f"report: {render_report(folder, artifacts_dir=artifacts_dir)}")
+        except CifarError as exc:
+            lines.append(f"warning: the report of {run_id} was not rewritten: {exc}")
+    lines.append(f"index:  {render_index(artifacts_dir)}")
+    return lines

@@ -18,11 +18,21 @@ class PromoteConfig:
     metric: Literal["test_accuracy", "test_loss"] = "test_accuracy"
     direction: Literal["max", "min"] = "max"
     min_delta: float = 0.0
+    # The floor: a run must reach it (>= for max, <= for min) to be promoted, the first run
+    # included. None: better than chance, 1/classes for accuracy and ln(classes) for the loss.
+    min_value: float | None = None
+    # false: the rule never promotes; only `cifar promote PIPELINE RUN_ID` names a champion.
+    auto: bool = True
 
     def problems(self) -> list[tuple[str, str]]:
+        out = []
         if self.min_delta < 0:
-            return [("min_delta", f"must be >= 0, got {self.min_delta}")]
-        return []
+            out.append(("min_delta", f"must be >= 0, got {self.min_delta}"))
+        if self.min_value is not None and self.metric == "test_accuracy" and not 0 <= self.min_value <= 1:
+            out.append(("min_value", f"a test accuracy is between 0 and 1, got {self.min_value}"))
+        if self.min_value is not None and self.metric == "test_loss" and self.min_value < 0:
+            out.append(("min_value", f"a test loss is >= 0, got {self.min_value}"))
+        return out
 
 
 class PipelineSettings(Protocol):

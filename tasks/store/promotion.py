@@ -1,7 +1,8 @@
 """The champion rule: whether a new run replaces the pipeline's champion, and the reason why,
-judged against the registry's champion (its value read again when the promotion metric changed),
-never against one whose model is gone (the best intact run stands in), and never for a run whose
-training diverged."""
+judged against the registry's champion (its value read again from its verified metrics.json),
+never against one that does not verify (``tasks.core.verify``: the best verified run stands in),
+never for a run whose training diverged or that does not reach the floor (``promote.min_value``,
+by default better than chance), and never by the rule when ``promote.auto`` is false."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import runs
+from tasks.core.registry import champion_entry
 from tasks.store.config import PromoteConfig
 
 _TOL = 1e-12  # float slack when comparing an improvement with min_delta
@@ -29,6 +31,7 @@ def decide_promotion(
     *,
     refused: str | None = None,
     note: str | None = None,
+    held: str | None = None,
 ) -> dict[str, Any]:
     """Whether a new run with ``candidate_value`` (of ``cfg.metric``) becomes the champion.
 
@@ -38,7 +41,8 @@ def decide_promotion(
     champion by at least ``min_delta`` in ``cfg.direction`` (a tie never replaces a champion, even
     with min_delta 0); a NaN score is never promoted, nor a run ``refused`` names a reason for
     (``training_problem``: its training diverged). ``note`` says why ``champion`` is not the
-    registry's own (see ``effective_champion``) and leads the reason. Returns the metadata's
+    registry's own (see ``effective_champion``) and leads the reason. ``held``: the rule may not
+    promote at all (``promote.auto: false``): the reason says so. Returns the metadata's
     ``promotion`` dict.
     """
     metric = cfg.metric
@@ -59,6 +63,8 @@ def decide_promotion(
         return {**out, "promoted": False, "reason": f"{lead}{refused}: kept as a run, never promoted{stays}"}
     if math.isnan(value):
         return {**out, "promoted": False, "reason": f"{lead}{metric} is NaN (training diverged?): kept as a run, not promoted{stays}"}
+    if held:
+        return {**out, "promoted": False, "reason": f"{lead}{held}{stays}"}
     if champion is None:
         return {**out, "promoted": True,
                 "reason": f"{note}: this run takes over" if note else "first run of this pipeline"}
@@ -107,8 +113,44 @@ def training_problem(history: dict[str, Any]) -> str | None:
     return None
 
 
+def chance(metric: str, n_classes: int) -> float:
+    """What guessing scores: 1/classes for accuracy, ln(classes) for the cross-entropy loss."""
+    n = max(int(n_classes), 2)
+    return 1.0 / n if metric == "test_accuracy" else math.log(n)
+
+
+def floor_problem(value: float | None, cfg: PromoteConfig, n_classes: int) -> str | None:
+    """Why a run scoring ``value`` may not be promoted for its score alone (``promote.min_value``,
+    at least it; by default strictly better than chance), or None. NaN is judged elsewhere."""
+    if value is None or math.isnan(float(value)):
+        return None
+    value, max_ = float(value), cfg.direction == "max"
+    if cfg.min_value is not None:
+        ok = value >= cfg.min_value - _TOL if max_ else value <= cfg.min_value + _TOL
+        floor = f"promote.min_value {cfg.min_value:g}"
+    else:
+        level = chance(cfg.metric, n_classes)
+        ok = value > level + _TOL if max_ else value < level - _TOL
+        floor = (f"chance ({_fmt(level)} for {n_classes} classes; set promote.min_value for another floor)")
+    if ok:
+        return None
+    word = "below" if max_ else "above"
+    return (f"{cfg.metric} {_fmt(value)} does not reach the floor: it is {word} or at {floor}" if
+            cfg.min_value is None else f"{cfg.metric} {_fmt(value)} is {word} the floor {floor}")
+
+
+def held_by_hand(cfg: PromoteConfig, pipeline: str, run_id: str) -> str | None:
+    """The reason a run is not promoted when ``promote.auto`` is false, or None."""
+    if cfg.auto:
+        return None
+    return (f"promote.auto is false: kept as a run, not promoted by the rule; promote it by hand with "
+            f"`cifar promote {pipeline} {run_id}`")
+
+
 def _value(run: runs.PublishedRun, cfg: PromoteConfig) -> float | None:
-    """The run's finite value of the promotion metric, or None."""
+    """The run's finite value of the promotion metric from its verified metrics.json, or None."""
+    if not run.value_verified:
+        return None
     value = run.metrics.get(cfg.metric)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -120,9 +162,17 @@ def _sound(run: runs.PublishedRun) -> bool:
     return isinstance(loss, (int, float)) and math.isfinite(loss)
 
 
-def _as_champion(run: runs.PublishedRun, cfg: PromoteConfig, reason: str) -> dict[str, Any]:
-    return {"run_id": run.run_id, "metric": cfg.metric, "value": _value(run, cfg),
-            "promoted_at": run.metadata.get("created_at"), "reason": reason}
+def _as_champion(run: runs.PublishedRun, cfg: PromoteConfig, reason: str, by: str) -> dict[str, Any]:
+    return champion_entry(run.run_id, cfg.metric, _value(run, cfg), reason, by)
+
+
+def _promotable(run: runs.PublishedRun, cfg: PromoteConfig) -> bool:
+    """A run that may stand in for a champion: it verifies, its training did not diverge, and it
+    reaches the floor (for the number of classes it was scored on)."""
+    value = _value(run, cfg)
+    classes = len(run.metrics.get("classes") or (run.metadata.get("dataset") or {}).get("classes") or [])
+    return (not run.damage and value is not None and _sound(run)
+            and floor_problem(value, cfg, classes) is None)
 
 
 def effective_champion(pipeline_folder: Path, registry: dict[str, Any], registry_problem: str | None,
@@ -130,40 +180,40 @@ def effective_champion(pipeline_folder: Path, registry: dict[str, Any], registry
     """The champion a new run is judged against, and a note when that is not the registry's
     own (the registry is then rewritten to name it).
 
-    The registry's champion, when it is a published run whose model.keras is intact (its value
-    of ``cfg.metric`` read again when the promotion metric changed). An unreadable registry.json
-    is rebuilt: its champion was the newest run whose metadata says it was promoted. A champion
-    whose run folder or model.keras is gone or altered is never compared with: the best intact
-    run by ``cfg.metric`` (never a diverged one) stands in, or none (the new run then takes
-    over, saying why).
+    The registry's champion, when it is a published run that verifies (``tasks.core.verify``),
+    its value of ``cfg.metric`` always read again from its verified metrics.json (never the
+    registry's copy). A damaged registry.json is rebuilt: its champion was the newest verified
+    run whose metadata says it was promoted. A champion whose run folder is gone or that does
+    not verify is never compared with: the best verified run by ``cfg.metric`` (never a diverged
+    one, never one under the floor) stands in, or none (the new run then takes over, saying why).
     """
     published = runs.pipeline_runs(pipeline_folder)
     if registry_problem:
-        promoted = [r for r in published if (r.metadata.get("promotion") or {}).get("promoted")]
-        champion = _as_champion(promoted[-1], cfg, "rebuilt from the runs' metadata") if promoted else None
-        note = "registry.json was unreadable and is rebuilt from the runs' metadata"
+        promoted = [r for r in published if (r.metadata.get("promotion") or {}).get("promoted") and not r.damage]
+        champion = (_as_champion(promoted[-1], cfg, "rebuilt from the runs' metadata", "rebuild")
+                    if promoted else None)
+        note = "registry.json was damaged and is rebuilt from the runs that verify"
         if champion is None:
-            return None, note + " (no run was ever promoted)"
+            return None, note + " (none of them was ever promoted)"
     else:
         champion, note = registry.get("champion"), None
         if not champion:
             return None, None
     by_id = {r.run_id: r for r in published}
     run = by_id.get(str(champion.get("run_id")))
-    broken = "its run folder is gone or unreadable" if run is None else runs.model_problem(run.dir, run.metadata)
+    broken = "its run folder is gone or unreadable" if run is None else run.damaged
     if broken is None:
-        if champion.get("metric") != cfg.metric and (value := _value(run, cfg)) is not None:
-            champion = {**champion, "metric": cfg.metric, "value": value}
-        return champion, note
-    note = f"{note + '; ' if note else ''}champion {champion.get('run_id')} is broken ({broken})"
+        value = _value(run, cfg)
+        return {**champion, "metric": cfg.metric, "value": value}, note
+    note = f"{note + '; ' if note else ''}champion {champion.get('run_id')} is damaged ({broken})"
     sign = 1 if cfg.direction == "max" else -1
-    scored = sorted((r for r in published if r is not run and _value(r, cfg) is not None and _sound(r)),
+    scored = sorted((r for r in published if r is not run and _promotable(r, cfg)),
                     key=lambda r: sign * _value(r, cfg), reverse=True)
-    for other in scored:
-        if runs.model_problem(other.dir, other.metadata) is None:
-            note += f", so it is compared with the best intact run {other.run_id} instead"
-            return _as_champion(other, cfg, f"stands in for broken champion {champion.get('run_id')}"), note
-    return None, note + " and no intact run is left to compare with"
+    if scored:
+        other = scored[0]
+        note += f", so it is compared with the best run that verifies, {other.run_id}, instead"
+        return _as_champion(other, cfg, f"stands in for damaged champion {champion.get('run_id')}", "stand-in"), note
+    return None, note + " and no run that verifies is left to compare with"
 
 
 def previous_run(pipeline_folder: Path, metric: str) -> dict[str, Any] | None:
@@ -186,7 +236,7 @@ def on_test_split(champion: dict[str, Any], pipeline_folder: Path, data, test_sp
 
     by_id = {r.run_id: r for r in runs.pipeline_runs(pipeline_folder)}
     run = by_id.get(str(champion.get("run_id")))
-    if run is None:
+    if run is None or run.damage:  # effective_champion never hands on one; never load it unchecked
         return champion
     dataset = run.metadata.get("dataset") or {}
     if dataset.get("test_split") == test_split:
@@ -199,6 +249,10 @@ def on_test_split(champion: dict[str, Any], pipeline_folder: Path, data, test_sp
     if not (run.dir / "savedmodel" / "saved_model.pb").is_file():
         return {**champion, "rescored": {"skipped": f"champion {run.run_id} has no SavedModel to re-score: "
                                                     f"compared by its recorded {cfg.metric}"}}
+    if not (run.metadata.get("files") or {}).get("savedmodel"):
+        return {**champion, "rescored": {"skipped": f"champion {run.run_id}'s metadata.json records no sha256 "
+                                                    f"for its SavedModel, so it is not loaded: compared by its "
+                                                    f"recorded {cfg.metric}"}}
     metrics = savedmodel_metrics(run.dir / "savedmodel", data.x_test, data.y_test, classes,
                                  tta_of(run.metadata.get("training") or {}))
     value = metrics.get(cfg.metric)

@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core import faults, runs
+from tasks.core import faults, runs, verify
 from tasks.core.datacache import DatasetRecord, cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
 from tasks.core.hashing import closure_fingerprint, hash_file, stable_hash
 from tasks.core.logs import get_logger
+from tasks.core.registry import champion_entry, set_champion, write_registry
 from tasks.core.records import RunRecord, TrainRecord, ValidationRecord
 from tasks.store import promotion, run_folder
 from tasks.store.config import PipelineSettings, PromoteConfig
@@ -128,20 +129,16 @@ def _run_record(run_dir: Path, meta: dict[str, Any], reused: bool = False) -> Ru
 
 
 def existing_run(pipeline_dir: str | os.PathLike, key: str) -> Path | None:
-    """The published run saved under store key ``key``, if it is still complete and intact
-    (metadata.json names the key; model.keras has the sha256 it recorded)."""
+    """The published run saved under store key ``key``, if it is still complete and verifies
+    (metadata.json names the key; every file ``tasks.core.verify`` checks has the sha256 it
+    recorded): a damaged run is never reused, the save writes a new one."""
     try:
         run_dir = runs.runs_dir(pipeline_dir) / read_json(runs.store_key_path(pipeline_dir, key))["run_id"]
         meta = read_json(run_dir / runs.METADATA)
     except (OSError, ValueError, KeyError):
         return None
-    model = run_dir / "model.keras"
-    if (
-        (meta.get("cache_keys") or {}).get("store") == key
-        and model.is_file()
-        and (run_dir / runs.METRICS).is_file()
-        and hash_file(model).sha256 == (meta.get("files") or {}).get("model.keras")
-    ):
+    if isinstance(meta, dict) and (meta.get("cache_keys") or {}).get("store") == key \
+            and not verify.run_damage(run_dir, meta):
         return run_dir
     return None
 
@@ -166,9 +163,7 @@ def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset: Dat
 
 
 def _champion_entry(run_id: str, decision: dict[str, Any], cfg: PromoteConfig) -> dict[str, Any]:
-    return {"run_id": run_id, "metric": cfg.metric, "value": decision["value"],
-            "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "reason": decision["reason"]}
+    return champion_entry(run_id, cfg.metric, decision["value"], decision["reason"], "rule")
 
 
 def rolled_forward(pipeline_dir: Path, registry: dict[str, Any], cfg: PromoteConfig) -> str | None:
@@ -182,12 +177,12 @@ def rolled_forward(pipeline_dir: Path, registry: dict[str, Any], cfg: PromoteCon
     if current and current not in by_id:
         return None
     floor = (runs.sequence_of(by_id[current].metadata) or 0) if current else -1
-    pending = [r for r in published if (r.metadata.get("promotion") or {}).get("promoted")
+    pending = [r for r in published if (r.metadata.get("promotion") or {}).get("promoted") and not r.damage
                and (runs.sequence_of(r.metadata) or 0) > floor and r.run_id != current]
     if not pending:
         return None
     run = pending[-1]
-    registry["champion"] = _champion_entry(run.run_id, run.metadata["promotion"], cfg)
+    set_champion(registry, _champion_entry(run.run_id, run.metadata["promotion"], cfg))
     get_logger().warning("%s: run %s was published and promoted by a save that stopped before it updated "
                          "registry.json: the registry now names it", run.pipeline, run.run_id)
     return run.run_id
@@ -200,7 +195,7 @@ def settle_run(pipeline_dir: Path, run_dir: Path, cfg: PromoteConfig, keep_last:
         registry, problem = runs.load_registry(pipeline_dir)
         rolled = None if problem else rolled_forward(pipeline_dir, registry, cfg)
         if rolled:
-            atomic_write_json(runs.registry_path(pipeline_dir), registry)
+            write_registry(runs.registry_path(pipeline_dir), registry)
         prune_runs(pipeline_dir, keep_last, (registry.get("champion") or {}).get("run_id"), keep=run_dir.name)
         clean_stale(runs.runs_dir(pipeline_dir))
     return rolled
@@ -224,16 +219,18 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
         if problem:
             get_logger().warning("%s; rebuilding it from the runs' metadata", problem)
         elif rolled_forward(pipeline_dir, registry, cfg):
-            atomic_write_json(runs.registry_path(pipeline_dir), registry)
+            write_registry(runs.registry_path(pipeline_dir), registry)
         champion, note = promotion.effective_champion(pipeline_dir, registry, problem, cfg)
         if note:
             get_logger().warning("%s: %s", meta["pipeline"], note)
-            registry["champion"] = champion  # the registry names the champion actually judged against
+            set_champion(registry, champion)  # the registry names the champion actually judged against
         meta[runs.SEQ] = runs.next_sequence([run.metadata for run in runs.pipeline_runs(pipeline_dir)])
         previous = promotion.previous_run(pipeline_dir, cfg.metric)
         if champion is not None and data is not None:  # the same test images for both, or re-scored
             champion = promotion.on_test_split(champion, pipeline_dir, data, meta["dataset"]["test_split"], cfg)
-        decision = promotion.decide_promotion(value, champion, previous, cfg, refused=refused, note=note)
+        held = promotion.held_by_hand(cfg, meta["pipeline"], run_id)
+        decision = promotion.decide_promotion(value, champion, previous, cfg, refused=refused, note=note,
+                                              held=held)
         meta["promotion"] = decision
         meta["stages"]["save"] = {"seconds": round(time.perf_counter() - started, 3), "cache_hit": False}
         atomic_write_json(folder / runs.METADATA, meta)
@@ -247,10 +244,10 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
         faults.reached("save.before-registry")
         registry_file = runs.registry_path(pipeline_dir)
         if decision["promoted"]:
-            registry["champion"] = _champion_entry(run_id, decision, cfg)
-            atomic_write_json(registry_file, registry)
+            set_champion(registry, _champion_entry(run_id, decision, cfg))
+            write_registry(registry_file, registry)
         elif note or not registry_file.exists():
-            atomic_write_json(registry_file, registry)
+            write_registry(registry_file, registry)
         faults.reached("save.after-registry")
         champion_id = (registry.get("champion") or {}).get("run_id")
         removed = prune_runs(pipeline_dir, keep_last, champion_id, keep=run_id)
@@ -311,7 +308,10 @@ def store_run(
             meta["dataset"]["test_split"] = run_folder.eval_split_hash(data.manifest)
             decision, final, removed = _publish(tmp, pdir, meta, metrics[cfg.metric], cfg,
                                                 pipeline.keep_last, started,
-                                                refused=promotion.training_problem(history), data=data)
+                                                refused=promotion.training_problem(history)
+                                                or promotion.floor_problem(metrics[cfg.metric], cfg,
+                                                                           len(data.classes)),
+                                                data=data)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -78,6 +78,7 @@ pipelines:
     description: end-to-end test of batch scoring
     dataset: {{format: cifar10-binary, source: {built.path}, sha256: {built.sha256}}}
     training: {{epochs: 1, batch_size: 32}}
+    promote: {{min_value: 0}}  # one epoch on a tiny archive may not beat chance
 """)
     trained = procs.run("cifar-run", [exe("cifar"), "run", PIPELINE, "--config", str(config)],
                         client_env(server), timeout=300, cwd=tmp_path)

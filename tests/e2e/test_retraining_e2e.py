@@ -174,6 +174,7 @@ pipelines:
     dataset: {{format: image-folder, source: images}}
     model: seed_cnn
     training: {{epochs: 1, batch_size: 8}}
+    promote: {{min_value: 0}}  # one epoch on a few images may not beat chance
     report: {{sample_images: 4, confident_mistakes: 2}}
     schedule: {{cron: "{CRON}", timezone: UTC, retrain: always}}
   published:
@@ -181,6 +182,7 @@ pipelines:
     dataset: {{format: cifar10-binary, source: "{url}", sha256_url: "{sums}", retries: 1}}
     model: seed_cnn
     training: {{epochs: 1, batch_size: 16}}
+    promote: {{min_value: 0}}
     report: {{sample_images: 4, confident_mistakes: 2}}
 """)
         # The automations, through the shipped installer, with a real webhook notification block.

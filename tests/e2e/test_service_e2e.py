@@ -10,7 +10,9 @@ commands a user types, each in its own process group:
         artifacts found through the API; the report links back to its flow run in the UI;
     cifar run mw (twice, TF_CONFIG on 127.0.0.1)
         one multi-worker training through the whole flow: one run folder, one registry entry,
-        both flow runs Completed.
+        both flow runs Completed;
+    prefect deployment run cifar/svc-a --param pipeline=svc-b
+        refused before anything runs: a deployment runs the pipeline it is pinned to.
 
 Run with: .venv/bin/pytest -m e2e tests/e2e/test_service_e2e.py
 """
@@ -55,9 +57,11 @@ pipelines:
   svc-a:
     dataset: {dataset}
     training: {{epochs: 2, batch_size: 32, seed: 1}}
+    promote: {{min_value: 0}}  # two epochs on 100 images may not beat chance
   svc-b:
     dataset: {dataset}
     training: {{epochs: 2, batch_size: 32, seed: 2}}
+    promote: {{min_value: 0}}
 """)
         (root / "mw.yaml").write_text(f"""\
 artifacts_dir: artifacts-mw
@@ -66,6 +70,7 @@ pipelines:
   mw:
     dataset: {dataset}
     training: {{epochs: 1, batch_size: 32, strategy: multi_worker}}
+    promote: {{min_value: 0}}
 """)
         yield root
 
@@ -165,6 +170,32 @@ def test_two_deployments_triggered_together_train_one_after_the_other(server, pr
     assert fr.state.is_failed(), fr.state
     assert f"cannot see artifacts_dir {unseen}: the folder does not exist here" in fr.state.message, fr.state.message
     assert not unseen.parent.exists()
+    assert serve.alive(), serve.output()
+
+
+def test_a_deployment_refuses_to_run_another_pipeline(server, project, procs):
+    """Issue 28: `prefect deployment run cifar/svc-a --param pipeline=svc-b` trained svc-b through
+    svc-a's deployment and could promote it. The deployment is pinned to its own pipeline (its
+    stored parameter): the run fails before any task runs, naming both and what to do."""
+    serve = procs.start("cifar-serve-pin", [exe("cifar"), "serve", "--config", str(project / "pipelines.yaml"),
+                                            "--pipeline", "svc-a"],
+                        client_env(server, PREFECT_RUNNER_POLL_FREQUENCY="1"), cwd=project)
+    serve.wait_for_output("serving 2 deployment(s)", timeout=120)
+    before = sorted((project / "artifacts").glob("*/runs/*"))
+    ids = {}
+    for flow, extra in (("cifar", []), ("cifar-predict", ["--param", f"input={project}"])):
+        res = procs.run(f"trigger-{flow}", [exe("prefect"), "deployment", "run", f"{flow}/svc-a",
+                                            "--param", "pipeline=svc-b", *extra], client_env(server), timeout=60)
+        ids[flow] = uuid.UUID(UUID_RE.search(res.stdout).group(1))
+    with prefect_client(server) as client:
+        for flow, run_id in ids.items():
+            fr = wait_final(client, run_id, 120)
+            assert fr.state.is_failed(), (flow, fr.state, serve.output()[-3000:])
+            assert (f"deployment {flow}/svc-a runs pipeline 'svc-a' only, but this run asked for "
+                    "pipeline='svc-b'; nothing was run") in fr.state.message, fr.state.message
+            assert f"`prefect deployment run {flow}/svc-b`" in fr.state.message
+            assert task_states(client, fr.id) == {}, (flow, task_states(client, fr.id))  # before any task
+    assert sorted((project / "artifacts").glob("*/runs/*")) == before
     assert serve.alive(), serve.output()
 
 

@@ -244,3 +244,20 @@ def test_a_worker_that_cannot_see_the_shared_folders_says_which(tmp_path):
         wait_for_chief("worker-1", str(model), "key1", "p", str(data), str(arts),
                        model_wait=0.3, run_wait=0.3, interval=0.1)
     assert f"cannot see the chief's artifacts folder ({arts})" in str(err.value)
+
+
+# --------------------------------------------------------------------------- pinned deployments
+def test_a_deployment_is_pinned_to_its_own_pipeline():
+    from flows.deploy import deployment_kwargs, pin_problem, predict_deployment_kwargs
+
+    settings = load_settings(Path(__file__).resolve().parents[2] / "pipelines.yaml", {}, None, schedules=False)
+    p = settings.pipeline("smoke-jpeg")
+    for kwargs in (deployment_kwargs(p, settings.config_path), predict_deployment_kwargs(p, settings.config_path)):
+        assert kwargs["parameters"]["pipeline"] == "smoke-jpeg"  # the pin, stored with the deployment
+    assert pin_problem("smoke-jpeg", "smoke-jpeg", "cifar/smoke-jpeg") is None
+    assert pin_problem("train-jpeg", None, "cifar/x") is None  # registered with no pipeline: nothing pinned
+    problem = pin_problem("train-jpeg", "smoke-jpeg", "cifar/smoke-jpeg")
+    assert problem.startswith("deployment cifar/smoke-jpeg runs pipeline 'smoke-jpeg' only, but this run "
+                              "asked for pipeline='train-jpeg'; nothing was run.")
+    assert "`prefect deployment run cifar/train-jpeg`" in problem
+    assert "pipeline=None" in pin_problem(None, "smoke-jpeg", "cifar-predict/smoke-jpeg")  # no default pipeline

@@ -94,7 +94,7 @@ def _write_trained(root: Path, key: str, ds, frog: bool) -> TrainRecord:
 
 def _pipeline(name: str) -> PipelineConfig:
     return PipelineConfig(name=name, prepare=PrepareConfig(standardize=True), model="tiny",
-                          training=TrainingConfig(epochs=1), promote=PromoteConfig(min_delta=1.0))
+                          training=TrainingConfig(epochs=1), promote=PromoteConfig(min_delta=1.0, min_value=0.0))
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def chain(tmp_path_factory, constant_models):
     c.after_second = snapshot("second")
 
     (Path(c.first.path) / "model.keras").unlink()  # the champion's model is gone
-    c.broken = layout.broken_champions(art)
+    c.broken = layout.damaged_runs(art)
     cfg = root / "pipelines.yaml"
     cfg.write_text("artifacts_dir: artifacts\npipelines: {tiny: {}}\n")
     c.runs = cifar("runs", "tiny", "--config", str(cfg))
@@ -75,15 +75,15 @@ def chain(tmp_path_factory, constant_models):
 
 def test_an_unreadable_registry_is_rebuilt_from_the_runs_metadata(chain):
     second = chain.second
-    assert not second.promoted and "registry.json was unreadable" in second.reason, second.reason
+    assert not second.promoted and "registry.json was damaged" in second.reason, second.reason
     assert strict_json(chain.after_second)["champion"]["run_id"] == chain.first.run_id  # rebuilt from metadata
 
 
-def test_a_champion_whose_model_is_gone_is_listed_as_broken(chain):
+def test_a_champion_whose_model_is_gone_is_listed_as_damaged(chain):
     first, r = chain.first, chain.runs
     assert "model.keras is missing" in chain.broken[first.path]
-    assert r.returncode == 0 and "* BROKEN" in r.stdout and "Traceback" not in r.stderr
-    assert f"the champion of tiny, run {first.run_id}, is broken" in r.stderr
+    assert r.returncode == 0 and "* DAMAGED" in r.stdout and "Traceback" not in r.stderr
+    assert f"run {first.run_id} of tiny is damaged (registry.json names it champion" in r.stderr
 
 
 def test_a_broken_champion_is_never_compared_with(chain):
@@ -91,12 +91,12 @@ def test_a_broken_champion_is_never_compared_with(chain):
     # model that is gone; the registry now names the champion it was judged against
     first, second, third = chain.first, chain.second, chain.third
     assert not third.promoted, third.reason
-    assert f"champion {first.run_id} is broken" in third.reason and "model.keras is missing" in third.reason
-    assert f"compared with the best intact run {second.run_id}" in third.reason
+    assert f"champion {first.run_id} is damaged" in third.reason and "model.keras is missing" in third.reason
+    assert f"compared with the best run that verifies, {second.run_id}" in third.reason
     assert strict_json(chain.after_third)["champion"]["run_id"] == second.run_id
 
 
 def test_with_no_intact_run_left_the_new_run_takes_over(chain):
     fourth = chain.fourth
-    assert fourth.promoted and "no intact run is left" in fourth.reason, fourth.reason
+    assert fourth.promoted and "no run that verifies is left" in fourth.reason, fourth.reason
     assert strict_json(chain.after_fourth)["champion"]["run_id"] == fourth.run_id

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from runfolders import recorded_files
+
 from tasks.core import runs
 from tasks.core.files import atomic_write_json
 from tasks.store.config import PromoteConfig
@@ -35,7 +37,7 @@ def publish(pdir: Path, run_id: str, created_at: str, value: float, keep_last: i
     tmp = runs.runs_dir(pdir) / f".tmp-{run_id}-1"
     _run_files(tmp, value)
     meta = {"pipeline": pdir.name, "run_id": run_id, "created_at": created_at,
-            "cache_keys": {"store": f"key-{run_id}"}, "stages": {}, "dataset": {}}
+            "cache_keys": {"store": f"key-{run_id}"}, "stages": {}, "dataset": {}, "files": recorded_files(tmp)}
     return _publish(tmp, pdir, meta, value, CFG, keep_last, 0.0)
 
 
@@ -44,7 +46,8 @@ def legacy_run(pdir: Path, run_id: str, created_at: str, value: float, champion:
     folder = runs.runs_dir(pdir) / run_id
     _run_files(folder, value)
     atomic_write_json(folder / runs.METADATA, {"pipeline": pdir.name, "run_id": run_id, "created_at": created_at,
-                                               "promotion": {"promoted": champion, "reason": "legacy"}})
+                                               "promotion": {"promoted": champion, "reason": "legacy"},
+                                               "files": recorded_files(folder)})
     if champion:
         atomic_write_json(runs.registry_path(pdir), {"champion": {"run_id": run_id, "metric": "test_accuracy",
                                                                   "value": value, "promoted_at": created_at}})

@@ -69,10 +69,11 @@ def models(tmp_path_factory, dataset):
     return out
 
 
-def pipeline_config(name="tiny", keep_last=None, min_delta=0.002) -> PipelineConfig:
+def pipeline_config(name="tiny", keep_last=None, min_delta=0.002, min_value=0.0) -> PipelineConfig:
+    """min_value 0: the constant classifiers here score at or under chance (the default floor)."""
     return PipelineConfig(name=name, description="test", prepare=PrepareConfig(standardize=True), model="tiny",
-                          training=TrainingConfig(epochs=1), promote=PromoteConfig(min_delta=min_delta),
-                          keep_last=keep_last)
+                          training=TrainingConfig(epochs=1),
+                          promote=PromoteConfig(min_delta=min_delta, min_value=min_value), keep_last=keep_last)
 
 
 STAGES = {"download": {"seconds": 0.1, "cache_hit": True}, "prepare": {"seconds": 0.2, "cache_hit": False},
@@ -300,8 +301,8 @@ def test_keep_last_keeps_the_newest_run_and_the_champion(sequence):
     assert [r["champion"] for r in rows] == [False, True]
     assert rows[1] == {
         "pipeline": "tiny", "run_id": better.run_id, "created_at": rows[1]["created_at"], "model": "tiny",
-        "epochs": 1, "test_accuracy": 0.5, "train_seconds": 0.5, "champion": True, "report": None,
-        "path": better.path,
+        "epochs": 1, "test_accuracy": 0.5, "test_images": 20, "train_seconds": 0.5, "champion": True,
+        "damaged": None, "named_champion": True, "report": None, "path": better.path,
     }
     assert not Path(first.path).exists() and not Path(worse.path).exists()
     assert sequence.store_keys == {last.run_id, better.run_id}
