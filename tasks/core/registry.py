@@ -88,13 +88,17 @@ def set_champion(registry: dict[str, Any], entry: dict[str, Any] | None) -> None
 
 
 def earlier_champions(registry: dict[str, Any]) -> list[str]:
-    """The run ids that were champion before the current one, most recent first, each once."""
+    """The run ids that were champion before the current one, most recent first, each once: each
+    history entry's run and the run it replaced (a registry written before the history existed
+    knows its first champion only as the run the first entry replaced)."""
     current = (registry.get("champion") or {}).get("run_id")
     out: list[str] = []
     for h in reversed(registry.get(HISTORY) or []):
-        run_id = h.get("run_id") if isinstance(h, dict) else None
-        if run_id and run_id != current and run_id not in out:
-            out.append(run_id)
+        if not isinstance(h, dict):
+            continue
+        for run_id in (h.get("run_id"), h.get("replaced")):
+            if isinstance(run_id, str) and run_id and run_id != current and run_id not in out:
+                out.append(run_id)
     return out
 
 
