@@ -51,6 +51,7 @@ class EndpointConfig:
     max_batch: int = 256  # images per scoring call
     max_wait: float = 0.002  # seconds a batch waits for requests already arriving
     poll: float = 1.0  # seconds between looks at each registry.json
+    retry: float = 10.0  # seconds before a champion that failed to load is tried again
     limits: protocol.Limits = protocol.Limits()
 
 
@@ -85,7 +86,8 @@ class Service:
                  config: EndpointConfig = EndpointConfig()):
         self.config, self.metrics = config, Metrics()
         self.batcher = Batcher(config.max_batch, config.max_wait, on_batch=self.metrics.batch)
-        self.live = {p: LiveModel(artifacts_dir, p, load, poll=config.poll, on_swap=self.metrics.swapped)
+        self.live = {p: LiveModel(artifacts_dir, p, load, poll=config.poll, retry=config.retry,
+                                  on_swap=self.metrics.swapped)
                      for p in pipelines}
         self._decodes = asyncio.Semaphore(2)  # PNG/JPEG decodes at a time: bounds their memory
 
