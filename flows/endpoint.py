@@ -132,7 +132,7 @@ class Service:
             shape = model.input_shape
 
             def parse() -> protocol.PredictRequest:
-                return protocol.parse_predict(protocol.parse_body(body, limits), shape, limits)
+                return protocol.parse_request(body, shape, limits)
 
             parsed = await run_in_threadpool(parse) if len(body) > PARSE_IN_THREAD else parse()
             if isinstance(parsed.images, list) and any(isinstance(i, bytes) for i in parsed.images):

@@ -56,16 +56,21 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def loads_bounded(data: bytes, max_bytes: int, max_depth: int) -> Any:
-    """``data`` parsed as JSON, or ``JSONLimitError`` naming the bound it broke: more than
-    ``max_bytes`` bytes, nesting deeper than ``max_depth``, not UTF-8, not JSON, NaN/Infinity,
-    a duplicate key, or an integer too long to convert."""
+def check_bounds(data: bytes, max_bytes: int, max_depth: int) -> None:
+    """``JSONLimitError`` unless ``data`` has at most ``max_bytes`` bytes and ``max_depth`` levels."""
     if len(data) > max_bytes:
         raise JSONLimitError(f"request body of {len(data):,} bytes is larger than the {max_bytes:,} "
                              "bytes allowed")
     depth = nesting_depth(data)
     if depth > max_depth:
         raise JSONLimitError(f"JSON nested {depth} levels deep; at most {max_depth} are allowed")
+
+
+def loads_bounded(data: bytes, max_bytes: int, max_depth: int) -> Any:
+    """``data`` parsed as JSON, or ``JSONLimitError`` naming the bound it broke: more than
+    ``max_bytes`` bytes, nesting deeper than ``max_depth`` (``check_bounds``), not UTF-8, not
+    JSON, NaN/Infinity, a duplicate key, or an integer too long to convert."""
+    check_bounds(data, max_bytes, max_depth)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
