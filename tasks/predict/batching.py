@@ -84,9 +84,9 @@ class Batcher:
                 if left <= 0 or not self._arriving:
                     break
                 try:
-                    job = self._queue.get(timeout=min(left, 0.0005))
+                    job = self._queue.get(timeout=left)
                 except queue.Empty:
-                    continue
+                    break
             if job is None:
                 return jobs, True
             if n + len(job.x) > self.max_batch:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.jsonbound import JSONLimitError, check_bounds, loads_bounded
+from tasks.core.jsonbound import JSONLimitError, loads_bounded
 from tasks.predict.engine import INPUT, SIGNATURE
 from tasks.predict.errors import RequestError
 
@@ -103,12 +103,12 @@ def fast_pixels(body: bytes, shape: tuple[int, ...], limits: Limits) -> PredictR
 
 
 def parse_request(body: bytes, shape: tuple[int, ...], limits: Limits) -> PredictRequest:
-    """A predict request's body -> its images: size and nesting bounded first, then the pixel
-    fast path, else the JSON document read in full (``parse_predict``)."""
-    try:
-        check_bounds(body, limits.max_body_bytes, limits.max_depth)
-    except JSONLimitError as exc:
-        raise RequestError(str(exc), 413 if len(body) > limits.max_body_bytes else 400) from None
+    """A predict request's body -> its images: its size bounded first; then the pixel fast path
+    (whose pattern admits only the nesting of ``shape``: it builds nothing deeper), else the
+    nesting bounded and the JSON document read in full (``parse_body``, ``parse_predict``)."""
+    if len(body) > limits.max_body_bytes:
+        raise RequestError(f"request body of {len(body):,} bytes is larger than the "
+                           f"{limits.max_body_bytes:,} bytes allowed", 413)
     fast = fast_pixels(body, shape, limits)
     return fast if fast is not None else parse_predict(parse_body(body, limits), shape, limits)
 
