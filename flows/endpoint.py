@@ -187,7 +187,10 @@ def create_app(artifacts_dir: str | Path, pipelines: list[str], load: Callable[[
     """The ASGI app serving ``pipelines``' champions; ``load`` makes a model from a ModelRef
     (default: the LiteRT ``Scorer``; the benchmark's baseline passes a Keras one)."""
     if load is None:
-        from tasks.predict.engine import Scorer as load
+        from tasks.predict.engine import Scorer
+
+        def load(ref):  # stderr left alone: other threads are logging to it
+            return Scorer(ref, quiet=False)
     service = Service(artifacts_dir, pipelines, load, config)
 
     @asynccontextmanager
