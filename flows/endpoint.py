@@ -126,7 +126,7 @@ class Service:
 
     async def predict(self, request: Request, name: str, version: str | None) -> Response:
         limits = self.config.limits
-        with self.batcher.arriving():
+        with self.batcher.arriving() as ticket:
             body = await read_capped(request, limits.max_body_bytes)
             model = await self.model(name, version)
             shape = model.input_shape
@@ -140,7 +140,7 @@ class Service:
                     x = await run_in_threadpool(protocol.decode_images, parsed, shape, limits)
             else:
                 x = protocol.decode_images(parsed, shape, limits)
-            future = self.batcher.submit(model, x)
+            future = self.batcher.submit(model, x, ticket)
         answered_by, probs = await asyncio.wrap_future(future)
         version_id = answered_by.ref.run_id
         self.metrics.images.labels(name).inc(len(x))

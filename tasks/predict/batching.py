@@ -30,6 +30,11 @@ log = logging.getLogger("cifar.endpoint")
 
 
 @dataclass
+class _Ticket:
+    submitted: bool = False
+
+
+@dataclass
 class _Job:
     model: Any  # tasks.predict.engine.Scorer, or anything with probabilities(x)
     x: np.ndarray
@@ -52,20 +57,27 @@ class Batcher:
 
     # ------------------------------------------------------------------ callers
     @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
+    def arriving(self) -> Iterator[_Ticket]:
         """Say a request is on its way (while its body is read and parsed): the batcher waits
-        for it, up to ``max_wait``, rather than scoring without it."""
+        for it, up to ``max_wait``, rather than scoring without it. Pass the ticket to
+        ``submit``, which ends the wait for it as it queues the request, in one step."""
+        ticket = _Ticket()
         with self._lock:
             self._arriving += 1
         try:
-            yield
+            yield ticket
         finally:
             with self._lock:
-                self._arriving -= 1
+                if not ticket.submitted:
+                    self._arriving -= 1
 
-    def submit(self, model: Any, x: np.ndarray) -> Future:
+    def submit(self, model: Any, x: np.ndarray, ticket: _Ticket | None = None) -> Future:
         future: Future = Future()
-        self._queue.put(_Job(model, x, future))
+        with self._lock:
+            if ticket is not None and not ticket.submitted:
+                ticket.submitted = True
+                self._arriving -= 1
+            self._queue.put(_Job(model, x, future))
         return future
 
     def close(self) -> None:

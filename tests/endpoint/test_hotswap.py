@@ -142,3 +142,28 @@ def test_requests_arriving_together_are_scored_in_bounded_batches(saved_runs, ma
     assert batches[str(float(max_batch))] == batches["count"]  # none larger than max_batch
     lines = [m for m in caplog.messages if m.startswith("batch: ")]
     assert len(lines) == batches["count"] and "image(s) from" in lines[0] and " ms by " in lines[0]
+
+
+def test_batcher_waits_only_for_requests_on_their_way_and_scores_each_with_its_model(saved_runs):
+    from tasks.predict.batching import Batcher
+    from tasks.predict.engine import Scorer
+    from tasks.predict.resolve import resolve_model
+
+    cat, dog = (Scorer(resolve_model(saved_runs["artifacts"], "tiny", run)) for run in saved_runs["tiny"])
+    x = np.zeros((2, 32, 32, 3), np.uint8)
+    batches = []
+    batcher = Batcher(max_batch=256, max_wait=0.5, on_batch=lambda *b: batches.append(b[:2]))
+    try:
+        started = time.perf_counter()
+        model, probs = batcher.submit(cat, x).result(timeout=10)
+        assert time.perf_counter() - started < 0.25  # nothing on its way: no wait for the 0.5 s bound
+        assert model is cat and probs.argmax(axis=1).tolist() == [0, 0]
+        with batcher.arriving() as first, batcher.arriving() as second:
+            a = batcher.submit(cat, x, first)   # the batch waits for `second`, still arriving
+            b = batcher.submit(dog, x[:1], second)
+        (model_a, probs_a), (model_b, probs_b) = a.result(timeout=10), b.result(timeout=10)
+        assert (model_a, model_b) == (cat, dog)
+        assert probs_a.argmax(axis=1).tolist() == [0, 0] and probs_b.argmax(axis=1).tolist() == [1]
+        assert batches == [(2, 1), (3, 2)]  # (images, requests): one batch, two models
+    finally:
+        batcher.close()
