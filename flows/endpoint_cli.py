@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from flows.predict_cli import predict_artifacts_dir
+from flows.predict_cli import prediction_settings
+from tasks.core.errors import ConfigError
 
 
 def add_endpoint_parser(sub, common) -> None:
@@ -33,10 +34,16 @@ def cmd_endpoint(args) -> int:
     import uvicorn
 
     from flows.endpoint import EndpointConfig, create_app
-    from tasks.predict.resolve import default_pipeline
+    from tasks.predict.resolve import default_pipeline, pipelines_with_runs
 
-    artifacts = predict_artifacts_dir(args.config, args.overrides, command="cifar endpoint")
+    settings = prediction_settings(args.config, args.overrides, command="cifar endpoint")
+    artifacts = settings.artifacts_dir
     pipelines = list(dict.fromkeys(args.pipelines or [default_pipeline(artifacts)]))
+    on_disk = pipelines_with_runs(artifacts)
+    unknown = [p for p in pipelines if p not in settings.pipelines and p not in on_disk]
+    if unknown:  # a typo would otherwise serve 503s forever, waiting for a champion
+        raise ConfigError([f"--pipeline {p}: no such pipeline in the file, and no runs of it under {artifacts}; "
+                           f"pipelines: {', '.join(settings.pipelines)}" for p in unknown], str(settings.config_path))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = EndpointConfig(max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000)

@@ -59,3 +59,13 @@ def test_cifar_endpoint_serves_the_champion_and_stops_on_sigterm(saved_runs, tmp
     assert f"serving tiny, other from {saved_runs['artifacts']} at http://127.0.0.1:{port}" in out
     assert "tiny: now serving run" in out and "batch: 1 image(s) from 1 request(s)" in out
     assert ready_after < 30, ready_after
+
+
+def test_an_unknown_pipeline_is_a_config_error_naming_the_known_ones(saved_runs, tmp_path):
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(f"artifacts_dir: {saved_runs['artifacts']}\npipelines:\n  tiny: {{}}\n  later: {{}}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "endpoint", "--config", str(config), "--pipeline", "tiyn"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "--pipeline tiyn: no such pipeline in the file" in r.stderr and "pipelines: tiny, later" in r.stderr
