@@ -123,7 +123,8 @@ def serve(load: str, port: int, max_batch: int) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     loader = KerasScorer if load == "keras" else None
-    app = create_app(WORK / "artifacts", [PIPELINE], loader, EndpointConfig(max_batch=max_batch))
+    threads = int(os.environ["BENCH_THREADS"]) if os.environ.get("BENCH_THREADS") else None
+    app = create_app(WORK / "artifacts", [PIPELINE], loader, EndpointConfig(max_batch=max_batch, threads=threads))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

@@ -52,6 +52,7 @@ class EndpointConfig:
     max_wait: float = 0.002  # seconds a batch waits for requests already arriving
     poll: float = 1.0  # seconds between looks at each registry.json
     retry: float = 10.0  # seconds before a champion that failed to load is tried again
+    threads: int | None = None  # LiteRT's threads per model (default: the machine's cores)
     limits: protocol.Limits = protocol.Limits()
 
 
@@ -190,7 +191,7 @@ def create_app(artifacts_dir: str | Path, pipelines: list[str], load: Callable[[
         from tasks.predict.engine import Scorer
 
         def load(ref):  # stderr left alone: other threads are logging to it
-            return Scorer(ref, quiet=False)
+            return Scorer(ref, threads=config.threads, quiet=False)
     service = Service(artifacts_dir, pipelines, load, config)
 
     @asynccontextmanager

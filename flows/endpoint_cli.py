@@ -26,6 +26,8 @@ def add_endpoint_parser(sub, common) -> None:
                      help="images per scoring batch at most (default: %(default)s)")
     cmd.add_argument("--batch-wait-ms", type=float, default=2.0, metavar="MS",
                      help="how long a batch waits for requests already arriving (default: %(default)s)")
+    cmd.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="LiteRT threads per model (default: the machine's cores)")
     cmd.add_argument("--access-log", action="store_true", help="log every request (default: one line per batch)")
     common(cmd)
 
@@ -46,7 +48,7 @@ def cmd_endpoint(args) -> int:
                            f"pipelines: {', '.join(settings.pipelines)}" for p in unknown], str(settings.config_path))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    config = EndpointConfig(max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000)
+    config = EndpointConfig(max_batch=args.max_batch, max_wait=args.batch_wait_ms / 1000, threads=args.threads)
     app = create_app(artifacts, pipelines, config=config)
     print(f"serving {', '.join(pipelines)} from {artifacts} at http://{args.host}:{args.port}/v1/models/NAME",
           file=sys.stderr, flush=True)
