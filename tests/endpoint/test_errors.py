@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import serving
+from endpointserver import serving
 
 IMG = np.zeros((32, 32, 3), np.uint8).tolist()
 PREDICT = "/v1/models/tiny:predict"

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import serving
+from endpointserver import serving
 from servingfolders import CLASSES, CONSTANT_P
 
 SHAPE = (32, 32, 3)
