@@ -61,6 +61,7 @@ def test_cifar_endpoint_serves_the_champion_and_stops_on_sigterm(saved_runs, tmp
     assert ready_after < 30, ready_after
 
 
+@pytest.mark.subprocess
 def test_an_unknown_pipeline_is_a_config_error_naming_the_known_ones(saved_runs, tmp_path):
     config = tmp_path / "pipelines.yaml"
     config.write_text(f"artifacts_dir: {saved_runs['artifacts']}\npipelines:\n  tiny: {{}}\n  later: {{}}\n")

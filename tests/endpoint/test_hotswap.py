@@ -4,7 +4,6 @@ on private copies of the saved runs: run 0 of ``tiny`` answers cat, run 1 dog.""
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
