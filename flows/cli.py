@@ -28,6 +28,7 @@ if not any(os.environ.get(v) for v in HEARTBEAT_ENV):
 from flows import interrupts  # noqa: E402
 from flows.config import DEFAULT_CONFIG, Settings, config_schema, load_settings, parse_set  # noqa: E402
 from flows.failures import disk_fault, quiet_expected_tracebacks  # noqa: E402
+from flows.endpoint_cli import add_endpoint_parser, cmd_endpoint  # noqa: E402
 from flows.predict_cli import add_predict_parser, cmd_predict  # noqa: E402
 from tasks.core.errors import CifarError, ConfigError  # noqa: E402
 from tasks.download.errors import TransientDownloadError  # noqa: E402
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(cmd)
 
     add_predict_parser(sub, _common)
+    add_endpoint_parser(sub, _common)
     return parser
 
 
@@ -317,7 +319,7 @@ def cmd_reports(args) -> int:
 COMMANDS = {
     "run": cmd_run, "data": cmd_data, "check": cmd_check, "serve": cmd_serve,
     "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report, "predict": cmd_predict, "promote": cmd_promote,
-    "reports": cmd_reports,
+    "reports": cmd_reports, "endpoint": cmd_endpoint,
 }
 
 
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupts.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: runs marked, locks and servers freed
     try:
-        if args.command != "predict":  # predict never loads Prefect (flows/predict_cli.py)
+        if args.command not in ("predict", "endpoint"):  # these never load Prefect (flows/predict_cli.py)
             # Prefect's logging, which we then adjust, is set up by prefect.main (a bare
             # `import prefect` is lazy and sets up nothing)
             import prefect.main  # noqa: F401

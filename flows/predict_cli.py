@@ -44,17 +44,21 @@ def add_predict_parser(sub, common) -> None:
     common(cmd)
 
 
-def predict_artifacts_dir(config: str | os.PathLike, overrides: list[str]) -> Path:
-    """``artifacts_dir`` of the pipelines file (or ``--set artifacts_dir=DIR``), as
-    ``flows.config.load_settings`` reads it for every command. No other ``--set``: it would not
-    apply to predictions."""
+def prediction_settings(config: str | os.PathLike, overrides: list[str], command: str = "cifar predict"):
+    """The pipelines file as ``flows.config.load_settings`` reads it for every command, less its
+    cron check. No ``--set`` but ``artifacts_dir``: no other setting applies to predictions."""
     sets = parse_set(overrides)
     for key in sets:
         if key != "artifacts_dir":
-            raise ConfigError([(f"--set {key}: cifar predict reads only artifacts_dir from the config "
+            raise ConfigError([(f"--set {key}: {command} reads only artifacts_dir from the config "
                                 "(--set artifacts_dir=DIR); other settings do not apply to predictions")],
                               "command line")
-    return load_settings(config, sets, schedules=False).artifacts_dir
+    return load_settings(config, sets, schedules=False)
+
+
+def predict_artifacts_dir(config: str | os.PathLike, overrides: list[str], command: str = "cifar predict") -> Path:
+    """``artifacts_dir`` of the pipelines file (or ``--set artifacts_dir=DIR``)."""
+    return prediction_settings(config, overrides, command).artifacts_dir
 
 
 def _emit(items, as_json: bool) -> tuple[int, int]:

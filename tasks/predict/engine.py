@@ -71,7 +71,7 @@ class Scorer:
     """A run's model, ready to score uint8 batches: ``probabilities(x)`` for ``x`` of shape
     (N, *input_shape)."""
 
-    def __init__(self, ref: ModelRef, threads: int | None = None):
+    def __init__(self, ref: ModelRef, threads: int | None = None, quiet: bool = True):
         self.ref = ref
         self.classes: list[str] = json.loads(verified_file(ref, "classes.json").read_text(encoding="utf-8"))
         model = verified_file(ref, "model.tflite")
@@ -79,7 +79,9 @@ class Scorer:
         self._runner = interpreter.get_signature_runner(SIGNATURE)
         shape = interpreter.get_input_details()[0]["shape_signature"]
         self.input_shape: tuple[int, int, int] = tuple(int(d) for d in shape[1:])
-        with _quiet_native_stderr():  # the first run sets up the CPU delegate
+        # The first run sets up the CPU delegate. ``quiet`` hides its line by pointing file
+        # descriptor 2 at /dev/null meanwhile: not in a service, whose other threads log there.
+        with _quiet_native_stderr() if quiet else contextlib.nullcontext():
             self.probabilities(np.zeros((1, *self.input_shape), np.uint8))
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:

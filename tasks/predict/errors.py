@@ -20,3 +20,11 @@ class ModelFileError(PredictError):
 
 class InputError(PredictError):
     """An input path that is missing, unreadable, not an image, or an archive that is refused."""
+
+
+class RequestError(PredictError):
+    """A request to the online endpoint that is refused: its HTTP status (4xx) and why."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status

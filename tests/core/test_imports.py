@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = ("download", "prepare", "train", "store", "report", "predict")
 HEAVY = ("prefect", "keras", "tensorflow")
 
-LIGHT = ["flows.config", "flows.cli", "flows.predict_cli"]
+LIGHT = ["flows.config", "flows.cli", "flows.predict_cli", "flows.endpoint_cli", "flows.endpoint"]
 LIGHT += [f"tasks.{stage}" for stage in STAGES]
 LIGHT += [f"tasks.{stage}.config" for stage in STAGES if (REPO / "tasks" / stage / "config.py").is_file()]
 
