@@ -63,7 +63,7 @@ def constant_runs(root: Path, winners=(0, 1), pipeline: str = "tiny") -> list:
                              CLASSES, {"source": "test", "archive_sha256": "ab" * 32, "format": "test"})
     validation = ValidationRecord(ds.fingerprint, {"checks": []})
     config = PipelineConfig(name=pipeline, model="tiny", training=TrainingConfig(epochs=1),
-                            promote=PromoteConfig(min_delta=1.0))
+                            promote=PromoteConfig(min_delta=1.0, min_value=0))
     saved = []
     for i, winner in enumerate(winners):
         trained = _constant_trained(root / "data" / "models", f"k-{pipeline}-{i}-{winner}", winner)
@@ -72,10 +72,13 @@ def constant_runs(root: Path, winners=(0, 1), pipeline: str = "tiny") -> list:
 
 
 def promote(artifacts: Path, pipeline: str, run_id: str) -> None:
-    """registry.json naming ``run_id`` the champion, written atomically as the store writes it."""
-    from tasks.core.files import atomic_write_json, read_json
+    """registry.json naming ``run_id`` the champion, written as the store writes it (atomically,
+    its history and checksum updated)."""
+    from tasks.core.files import read_json
+    from tasks.core.registry import champion_entry, set_champion, write_registry
 
     path = artifacts / pipeline / "registry.json"
     registry = read_json(path)
-    registry["champion"] = {**registry["champion"], "run_id": run_id}
-    atomic_write_json(path, registry)
+    old = registry["champion"]
+    set_champion(registry, champion_entry(run_id, old["metric"], old.get("value"), "test: promoted", "person"))
+    write_registry(path, registry)
