@@ -154,9 +154,10 @@ def test_per_class_metrics_by_hand():
     m = per_class_metrics(y_true, y_pred, 3, list(CLASSES))
     assert m["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [1, 0, 0]]
     cat, dog, frog = m["per_class"]
-    assert cat == {"class": "cat", "precision": 0.5, "recall": 2 / 3, "accuracy": 2 / 3, "support": 3}
+    assert cat == pytest.approx({"class": "cat", "precision": 0.5, "recall": 2 / 3, "f1": 4 / 7, "support": 3})
     assert dog["precision"] == 0.5 and dog["recall"] == 0.5
-    assert frog == {"class": "frog", "precision": 0.0, "recall": 0.0, "accuracy": 0.0, "support": 1}
+    assert frog == {"class": "frog", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["macro_avg"]["support"] == 6 and m["weighted_avg"]["recall"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="outside"):
         per_class_metrics([0, 3], [0, 0], 3)
 
