@@ -16,6 +16,7 @@ from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_text
 from tasks.core.hashing import closure_fingerprint
 from tasks.core.logs import get_logger
+from tasks.core.numbers import pct
 from tasks.report.config import ReportConfig
 from tasks.report.context import build_report_context
 from tasks.report.index_context import build_index_context
@@ -45,7 +46,7 @@ def _jinja_env():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda v, d=2: "—" if v is None else f"{float(v) * 100:.{d}f}%"
+    env.filters["pct"] = pct  # the one number format for shares of images (tasks/core/numbers.py)
     env.filters["num"] = lambda v, d=3: "—" if v is None else f"{float(v):.{d}f}"
     env.filters["secs"] = _fmt_seconds
     env.filters["thousands"] = lambda v: "—" if v is None else f"{int(v):,}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.core.numbers import pct
+
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
@@ -33,7 +35,7 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
                 created,
                 str(r.get("model") or "-"),
                 "-" if r.get("epochs") is None else str(r["epochs"]),
-                "-" if acc is None else f"{acc:.4f}",
+                "-" if acc is None else pct(acc),
                 _duration(r.get("train_seconds")),
                 ("* BROKEN" if r.get("champion_problem") else "*") if r.get("champion") else "",
                 r.get("report") or "-",

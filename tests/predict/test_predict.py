@@ -506,18 +506,18 @@ def test_predict_flow_scores_once_writes_csv_and_page_and_publishes(prefect_engi
     assert rows[-1].startswith("sub/big.jpg,frog,")
     page = (tmp_path / "one" / "predictions.html").read_text()
     assert page.count("<figure>") == 8 and "Not scored (1)" in page
-    assert _task_states(first.state_details.flow_run_id)["score_images"] == "Completed"
+    assert _task_states(first.state_details.flow_run_id)["score-images"] == "Completed"
 
     # the same model on the same input: not scored again, wherever the output goes
     second = cifar_predict(**kwargs, output=str(tmp_path / "two"), return_state=True)
     assert second.result()["key"] == summary["key"]
-    assert _task_states(second.state_details.flow_run_id)["score_images"] == "Cached"
+    assert _task_states(second.state_details.flow_run_id)["score-images"] == "Cached"
     assert (tmp_path / "two" / "predictions.csv").read_bytes() == (tmp_path / "one" / "predictions.csv").read_bytes()
     # ... until its files are altered: then it scores again
     cached = Path(project["root"] / "data" / "predictions" / summary["key"] / "predictions.csv")
     cached.write_text("tampered")
     third = cifar_predict(**kwargs, output=str(tmp_path / "three"), return_state=True)
-    assert _task_states(third.state_details.flow_run_id)["score_images"] == "Completed"
+    assert _task_states(third.state_details.flow_run_id)["score-images"] == "Completed"
     assert (tmp_path / "three" / "predictions.csv").read_bytes() == (tmp_path / "one" / "predictions.csv").read_bytes()
 
     with get_client(sync_client=True) as client:

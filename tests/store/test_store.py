@@ -313,7 +313,7 @@ def test_the_runs_table_is_aligned_and_marks_the_champion(sequence):
     better = sequence.better
     table = format_runs_table(sequence.rows).splitlines()
     assert table[0].split()[:3] == ["PIPELINE", "RUN", "ID"] and len(table) == 3
-    assert better.run_id in table[2] and " * " in table[2] and "0.5000" in table[2]
+    assert better.run_id in table[2] and " * " in table[2] and "50.00%" in table[2]
     assert len({len(line) for line in table[1:]}) == 1  # aligned: the rows are equally long
     assert format_runs_table([]) == "no runs yet"
 
