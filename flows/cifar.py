@@ -194,13 +194,15 @@ def cifar_data(
     }
 
 
-def report_address(report: str, artifacts_dir: str, pipeline: str, run_id: str) -> str:
-    """The report on the reports server when CIFAR_REPORTS_URL is set, else its file URI."""
+def report_address(report: str, artifacts_dir: str, pipeline: str, run_id: str) -> str | None:
+    """The report on the reports server when CIFAR_REPORTS_URL is set, else None (the path is
+    what a terminal and the log show)."""
     from pathlib import Path
 
     from tasks.report.publishing import report_link, reports_url
 
-    return report_link(Path(report), Path(artifacts_dir), {"pipeline": pipeline, "run_id": run_id}, reports_url())
+    base = reports_url()
+    return report_link(Path(report), Path(artifacts_dir), {"pipeline": pipeline, "run_id": run_id}, base) if base else None
 
 
 def _flow_run_id() -> str | None:

@@ -110,3 +110,16 @@ def test_a_run_that_trained_says_it_was_promoted():
     assert run_lines(trained) == ["p: test accuracy 50.00% (promoted to champion: first run of this pipeline)"]
     assert done_line(trained).startswith("done: test accuracy 50.00%, promoted to champion; report ")
     assert "| Promoted | yes: first run of this pipeline |" in outcome_markdown(trained)
+
+
+def test_the_outcome_links_the_report_over_http_with_a_reports_server():
+    from flows.outcomes import done_line, outcome_fields, outcome_markdown
+
+    url = "http://127.0.0.1:8765/p/runs/R1/report.html"
+    served = {**BASE, **outcome_fields(SAVED, False, CHAMPION), "report_url": url}
+    md = outcome_markdown(served)
+    assert f"| Report | [report.html]({url}) |" in md and "| | |" not in md
+    assert "| item | value |" in md and "| Test accuracy | 50.00% |" in md
+    assert done_line(served).endswith(f"report {url}")
+    local = outcome_markdown({**served, "report_url": None})
+    assert "/a/p/runs/R1/report.html (a local file" in local and "](" not in local
