@@ -75,7 +75,7 @@ def _colors(names) -> dict[str, str]:
 def index_accuracy_figure(rows: list[dict[str, Any]]):
     """Test accuracy of every run against its date, a point per run, a colour per pipeline;
     champions ringed."""
-    fig = _figure(10, 3.8, bottom=0.95)
+    fig = _figure(10, 3.8, bottom=0.6, left=1.0, right=0.45)
     ax = fig.subplots()
     by_pipe: dict[str, list] = {}
     for r in rows:
@@ -107,7 +107,7 @@ def accuracy_vs_time_figure(rows: list[dict[str, Any]], curves: list[dict[str, A
     """Every run's test accuracy against its training seconds (a point each, champions ringed),
     and each pipeline's latest run's validation accuracy after every epoch against the
     cumulative seconds (``curves``: rows with their ``history``), as a thin line."""
-    fig = _figure(10, 4.0)
+    fig = _figure(10, 4.0, left=1.0)
     ax = fig.subplots()
     colors = _colors([r["pipeline"] for r in rows] + [c["pipeline"] for c in curves])
     ys: list[float] = []
@@ -148,7 +148,7 @@ def accuracy_vs_time_figure(rows: list[dict[str, Any]], curves: list[dict[str, A
 def pair_figure(a: dict[str, Any], b: dict[str, Any]):
     """Two runs side by side: accuracy, loss and seconds per epoch (validation solid, training
     dotted). Each run is labelled by its ``label`` (or its pipeline)."""
-    fig = _figure(12, 3.4, wspace=0.3)
+    fig = _figure(12, 3.4, wspace=0.35, left=0.95)
     ax_acc, ax_loss, ax_t = fig.subplots(1, 3)
     acc_values: list[float] = []
     for run, color in zip((a, b), ("#1f77b4", "#ff7f0e")):
