@@ -181,20 +181,35 @@ def ablation_rows(full: dict, trained: list[tuple[str, dict]]) -> list[dict]:
 
 
 def plot(result: dict, path: Path) -> Path:
-    from tasks.core.files import atomic_write_bytes
-    from tasks.report.plots import plot_accuracy_vs_time
+    """Each benchmark run's validation accuracy against cumulative wall seconds, its final test
+    accuracy a star (after the test-split evaluation, with TTA for fast)."""
+    from matplotlib.ticker import PercentFormatter
 
-    series = []
+    from tasks.core.files import atomic_write_bytes
+    from tasks.report.index_plots import accuracy_limits
+    from tasks.report.plots import _figure, _png
+
+    fig = _figure(10, 4.0)
+    ax = fig.subplots()
+    values = []
     for r in result["runs"]:
         t, pts = 0.0, []
         for seconds, acc in r["curve"]:
             t += seconds or 0.0
             pts.append((t, acc))
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1.4,
+                        label=f"{r['pipeline']} seed {r['seed']}")
         final = (t + (r.get("eval_seconds") or 0.0), r["test_accuracy"])
-        series.append({"label": f"{r['pipeline']} seed {r['seed']}", "points": pts, "final": final})
-    return atomic_write_bytes(path, plot_accuracy_vs_time(
-        series, f"fast vs the notebook's recipe ({os.cpu_count()} CPUs)",
-        "wall seconds of training (stars: after the test-split evaluation, with TTA for fast)"))
+        ax.plot([final[0]], [final[1]], "*", ms=12, color=line.get_color())
+        values += [p[1] for p in pts] + [final[1]]
+    ax.set_title(f"fast vs the notebook's recipe ({os.cpu_count()} CPUs; stars: final test accuracy)")
+    ax.set_xlabel("wall seconds of training (stars: after the test-split evaluation, with TTA for fast)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(*accuracy_limits(values))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return atomic_write_bytes(path, _png(fig))
 
 
 def main(argv: list[str] | None = None) -> int:

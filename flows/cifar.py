@@ -25,9 +25,28 @@ from tasks.core.logs import get_logger
 quiet_expected_tracebacks()  # also in flow-run processes that Prefect starts (served, pooled)
 
 
+def run_name(prefix: str, run_id: str | None, now: datetime | None = None) -> str:
+    """A flow run's name: what it runs, when to the second, and the tail of its flow-run id, so
+    two runs started in the same second still read apart in Prefect's UI."""
+    tail = f" · {str(run_id).replace('-', '')[-6:]}" if run_id else ""
+    return f"{prefix} · {(now or datetime.now()):%Y-%m-%d %H:%M:%S}{tail}"
+
+
 def _run_name() -> str:
     params = flow_run.parameters or {}
-    return f"{params.get('pipeline', 'cifar')} · {datetime.now():%Y-%m-%d %H:%M}"
+    return run_name(str(params.get("pipeline", "cifar")), _flow_run_id())
+
+
+def describe(chosen: PipelineConfig, overrides: dict[str, Any] | None) -> str:
+    """The run as configured, after ``--set`` overrides (the description in the file may say
+    "one epoch" of a run overridden to four): model, data, epochs, batch, and the overrides."""
+    ds, tr = chosen.dataset, chosen.training
+    limits = "" if ds.limit_train is None else f" (limit {ds.limit_train}/{ds.limit_test})"
+    line = (f"pipeline {chosen.name}: {chosen.model} on {ds.format}{limits}, {tr.epochs} epoch(s), "
+            f"batch {tr.batch_size}, seed {tr.seed}")
+    if overrides:
+        line += "; overridden: " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return line
 
 
 class _Stages:
@@ -118,7 +137,7 @@ def cifar(
     cluster.require_shared_folders(data_dir, artifacts_dir, deployment.id)  # a worker sees the shared folders
     stages = _Stages(data_dir)
     log = get_logger()
-    log.info("pipeline %s: %s", chosen.name, chosen.description or "(no description)")
+    log.info("%s", describe(chosen, overrides))
 
     with tags(f"pipeline:{chosen.name}", f"model:{chosen.model}"):
         dataset, validation = _prepare_data(stages, chosen)
@@ -145,6 +164,7 @@ def cifar(
         "run_dir": run.path,
         "test_accuracy": run.test_accuracy,
         "report": report.report,
+        "report_url": report_address(report.report, artifacts_dir, chosen.name, run.run_id),
         "index": report.index,
         "stages": stages.times,
         "trigger": trigger,
@@ -174,6 +194,17 @@ def cifar_data(
         "validation": validation.summary,
         "stages": stages.times,
     }
+
+
+def report_address(report: str, artifacts_dir: str, pipeline: str, run_id: str) -> str | None:
+    """The report on the reports server when CIFAR_REPORTS_URL is set, else None (the path is
+    what a terminal and the log show)."""
+    from pathlib import Path
+
+    from tasks.report.publishing import report_link, reports_url
+
+    base = reports_url()
+    return report_link(Path(report), Path(artifacts_dir), {"pipeline": pipeline, "run_id": run_id}, base) if base else None
 
 
 def _flow_run_id() -> str | None:

@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("run", help="a run folder, PIPELINE/RUN_ID, or a run id (searched under artifacts_dir)")
     _common(cmd)
 
+    cmd = sub.add_parser("compare", help="write a page comparing any two runs (of one pipeline or two)")
+    cmd.add_argument("run_a", help="a run folder, PIPELINE/RUN_ID, or a run id")
+    cmd.add_argument("run_b", help="the other run, given the same ways")
+    _common(cmd)
+
     add_predict_parser(sub, _common)
     add_endpoint_parser(sub, _common)
     return parser
@@ -282,6 +287,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from tasks.report.rendering import render_compare
+
+    print(render_compare(args.run_a, args.run_b, str(_settings(args).artifacts_dir)))
+    return 0
+
+
 def cmd_serve(args) -> int:
     from flows.deploy import serve
 
@@ -319,7 +331,7 @@ def cmd_reports(args) -> int:
 COMMANDS = {
     "run": cmd_run, "data": cmd_data, "check": cmd_check, "serve": cmd_serve,
     "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report, "predict": cmd_predict, "promote": cmd_promote,
-    "reports": cmd_reports, "endpoint": cmd_endpoint,
+    "reports": cmd_reports, "endpoint": cmd_endpoint, "compare": cmd_compare,
 }
 
 
@@ -342,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupts.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: runs marked, locks and servers freed
     try:
-        if args.command not in ("predict", "endpoint"):  # these never load Prefect (flows/predict_cli.py)
+        if args.command not in ("predict", "endpoint", "compare"):  # these never load Prefect (flows/predict_cli.py)
             # Prefect's logging, which we then adjust, is set up by prefect.main (a bare
             # `import prefect` is lazy and sets up nothing)
             import prefect.main  # noqa: F401

@@ -20,6 +20,7 @@ import secrets
 from typing import Any
 
 from tasks.core.logs import get_logger
+from tasks.core.numbers import pct
 from tasks.core.records import RunRecord
 
 
@@ -105,10 +106,12 @@ def outcome_markdown(summary: dict[str, Any]) -> str:
     champion = f"`{summary.get('champion') or '(none)'}`"
     if summary.get("champion") and summary.get("champion_since"):
         champion += f" since {summary['champion_since']}"
+    from tasks.report.publishing import markdown_link
+
     lines = [f"### {summary['pipeline']}: {summary['outcome']}", "", summary["message"], "",
-             "| | |", "|---|---|",
+             "| item | value |", "|---|---|",
              f"| Run | `{summary['run_id']}` |",
-             f"| Test accuracy | {summary['test_accuracy']:.4f} |"]
+             f"| Test accuracy | {pct(summary['test_accuracy'])} |"]
     if summary["outcome"] != "nothing changed":
         lines.append(f"| Promoted | {'yes' if summary['promoted'] else 'no'}: {summary['promotion_reason']} |")
     lines.append(f"| Champion | {champion} |")
@@ -116,13 +119,13 @@ def outcome_markdown(summary: dict[str, Any]) -> str:
     if trigger:
         lines.append(f"| Trigger | {'schedule' if trigger.get('scheduled') else 'manual'}; "
                      f"seed {trigger.get('seed')} ({trigger.get('seed_source')}) |")
-    lines.append(f"| Report | `{summary['report']}` |")
+    lines.append(f"| Report | {markdown_link('report.html', summary.get('report_url') or summary['report'])} |")
     return "\n".join(line.replace("\n", " ") for line in lines) + "\n"
 
 
 def run_lines(summary: dict[str, Any]) -> list[str]:
     """What ``cifar run`` prints about a finished run, before the index and the report's path."""
-    name, accuracy = summary["pipeline"], f"{summary['test_accuracy']:.4f}"
+    name, accuracy = summary["pipeline"], pct(summary["test_accuracy"])
     if summary["outcome"] == "nothing changed":
         return [f"{name}: {summary['message']}", f"{name}: test accuracy {accuracy} (run {summary['run_id']})"]
     verdict = "promoted to champion" if summary["promoted"] else "not promoted"
@@ -135,7 +138,7 @@ def done_line(summary: dict[str, Any]) -> str:
         said = summary["message"]
     else:
         said = "promoted to champion" if summary["promoted"] else "not promoted"
-    return f"done: test accuracy {summary['test_accuracy']:.4f}, {said}; report {summary['report']}"
+    return f"done: test accuracy {pct(summary['test_accuracy'])}, {said}; report {summary.get('report_url') or summary['report']}"
 
 
 # --------------------------------------------------------------------------- events

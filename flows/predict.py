@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,11 @@ OVERRIDES_HELP = ('settings that differ from the file, dotted keys as `cifar pre
 
 
 def _run_name() -> str:
+    from flows.cifar import run_name
+
     params = flow_run.parameters or {}
-    return f"predict {params.get('pipeline') or 'default'} · {datetime.now():%Y-%m-%d %H:%M}"
+    rid = flow_run.id
+    return run_name(f"predict {params.get('pipeline') or 'default'}", str(rid) if rid else None)
 
 
 def artifact_key(*parts: str) -> str:
@@ -43,9 +45,22 @@ def default_output(artifacts_dir: Path, pipeline: str, label: str, key: str) -> 
     return artifacts_dir / pipeline / "predictions" / f"{stem[:60]}-{key[:8]}"
 
 
-def publish_artifacts(pipeline: str, run_id: str, scores, page: Path, csv_path: Path) -> None:
+def page_link(page: Path, artifacts_dir: Path, base: str | None) -> str:
+    """The predictions page on the reports server (``CIFAR_REPORTS_URL``, which serves
+    artifacts_dir) when set and the page lies under artifacts_dir; else its file URI."""
+    try:
+        rel = page.resolve().relative_to(Path(artifacts_dir).resolve())
+    except ValueError:
+        return page.as_uri()
+    return f"{base}/{rel.as_posix()}" if base else page.as_uri()
+
+
+def publish_artifacts(pipeline: str, run_id: str, scores, page: Path, csv_path: Path,
+                      artifacts_dir: Path | None = None) -> None:
     """A table artifact of the class counts and a link artifact to the page."""
     from prefect.artifacts import create_link_artifact, create_table_artifact
+
+    from tasks.report.publishing import reports_url
 
     rows = [{"class": r["class"], "images": r["images"]} for r in scores.counts]
     if scores.failed:
@@ -53,9 +68,14 @@ def publish_artifacts(pipeline: str, run_id: str, scores, page: Path, csv_path: 
     create_table_artifact(key=artifact_key("predictions", pipeline), table=rows,
                           description=f"Predicted classes of {scores.images} file(s), model {pipeline} run "
                                       f"{run_id}; every file in {csv_path}")
-    create_link_artifact(key=artifact_key("predictions-page", pipeline), link=page.as_uri(),
+    base = reports_url()
+    link = page_link(page, artifacts_dir or page.parent, base)
+    served = link.startswith("http")
+    create_link_artifact(key=artifact_key("predictions-page", pipeline), link=link,
                          link_text=f"predictions {pipeline} {run_id}",
-                         description="Thumbnails with their predicted classes (a local file)")
+                         description="Thumbnails with their predicted classes" + (
+                             " (on the reports server)" if served else
+                             " (a local file; `cifar reports` serves artifacts_dir over HTTP: set CIFAR_REPORTS_URL)"))
 
 
 @flow(name="cifar-predict", flow_run_name=_run_name, log_prints=True)
@@ -102,7 +122,7 @@ def cifar_predict(
 
     out = Path(output) if output else default_output(artifacts_dir, model.pipeline, input, scores.key)
     files = publish_copy(Path(scores.path), out)
-    publish_artifacts(model.pipeline, model.run_id, scores, files[PAGE], files[CSV])
+    publish_artifacts(model.pipeline, model.run_id, scores, files[PAGE], files[CSV], Path(artifacts_dir))
     log.info("done: %d of %d file(s) scored; %s", scores.scored, scores.images, files[CSV])
     return {"pipeline": model.pipeline, "run_id": model.run_id, "images": scores.images,
             "scored": scores.scored, "failed": scores.failed, "counts": scores.counts,

@@ -28,6 +28,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _probability(value: str) -> float:
+    try:
+        p = float(value)
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {value!r}")
+    return p
+
+
 def add_predict_parser(sub, common) -> None:
     cmd = sub.add_parser("predict", help="predict the classes of images (files, folders, archives) "
                                          "with a run's model: the champion of train by default")
@@ -40,7 +50,11 @@ def add_predict_parser(sub, common) -> None:
                      help="which run of the pipeline (default: %(default)s)")
     cmd.add_argument("--top", type=_positive, default=3, metavar="K",
                      help="classes per image, best first (default: %(default)s)")
-    cmd.add_argument("--json", action="store_true", help="print a JSON array of records for scripts")
+    cmd.add_argument("--min-prob", type=_probability, default=None, metavar="P",
+                     help="mark a prediction whose top probability is under P (0-1) as uncertain: "
+                          "none of the classes, as far as the model can tell")
+    cmd.add_argument("--json", action="store_true", help="print a JSON array of records for scripts "
+                                                         "(each names the run and the model's sha256)")
     common(cmd)
 
 
@@ -61,7 +75,7 @@ def predict_artifacts_dir(config: str | os.PathLike, overrides: list[str], comma
     return prediction_settings(config, overrides, command).artifacts_dir
 
 
-def _emit(items, as_json: bool) -> tuple[int, int]:
+def _emit(items, as_json: bool, model=None, min_prob: float | None = None) -> tuple[int, int]:
     """Print each prediction (stdout) and each failure (stderr, and a record with ``--json``);
     returns (files, failed)."""
     from tasks.predict.scoring import Failure, as_line, as_record
@@ -74,9 +88,9 @@ def _emit(items, as_json: bool) -> tuple[int, int]:
             failed += 1
             print(f"error: {item.error}", file=sys.stderr)
         if as_json:
-            print(("  " if n == 1 else ", ") + json.dumps(as_record(item)))
+            print(("  " if n == 1 else ", ") + json.dumps(as_record(item, model, min_prob)))
         elif not isinstance(item, Failure):
-            print(as_line(item))
+            print(as_line(item, min_prob))
     if as_json:
         print("]")
     return n, failed
@@ -92,11 +106,11 @@ def cmd_predict(args) -> int:
     scorer = Scorer(ref)
     h, w, c = scorer.input_shape
     print(f"model: {ref.pipeline} run {ref.run_id}{' (champion)' if ref.champion else ''}, "
-          f"{w}x{h}x{c} input, {len(scorer.classes)} classes", file=sys.stderr)
+          f"{w}x{h}x{c} input, {len(scorer.classes)} classes, sha256 {ref.model_sha256}", file=sys.stderr)
     items = predict_sources(scorer, iter_sources(args.paths), args.top,
                             progress=lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        total, failed = _emit(items, args.json)
+        total, failed = _emit(items, args.json, ref, args.min_prob)
         sys.stdout.flush()
     except BrokenPipeError:  # `cifar predict ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

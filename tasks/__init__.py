@@ -2,3 +2,7 @@
 
 download -> prepare (scale, one-hot, validate) -> train -> store (save, register) -> report
 """
+
+from tasks.core import tfquiet as _tfquiet
+
+_tfquiet.install()  # before anything imports TensorFlow: no cuInit lines on CPU-only hosts

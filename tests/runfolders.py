@@ -87,9 +87,10 @@ def metrics_from(y_true, y_pred, probs) -> dict:
     per_class = []
     for i, c in enumerate(CLASSES):
         tp, support, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
-        per_class.append({"class": c, "precision": float(tp / predicted) if predicted else 0.0,
-                          "recall": float(tp / support) if support else 0.0,
-                          "accuracy": float(tp / support) if support else 0.0,
+        precision = float(tp / predicted) if predicted else 0.0
+        recall = float(tp / support) if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append({"class": c, "precision": precision, "recall": recall, "f1": f1,
                           "support": int(support)})
     loss = float(-np.mean(np.log(probs[np.arange(len(y_true)), y_true] + 1e-7)))
     return {"test_loss": loss, "test_accuracy": float(np.mean(y_true == y_pred)),

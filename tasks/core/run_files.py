@@ -79,7 +79,7 @@ class _Metadata(TypedDict, total=False):
 
 
 _ClassRow = TypedDict("_ClassRow", {"class": str, "precision": float | None, "recall": float | None,
-                                    "accuracy": float | None, "support": int}, total=False)
+                                    "f1": float | None, "accuracy": float | None, "support": int}, total=False)
 
 
 class _Metrics(TypedDict, total=False):
@@ -90,6 +90,10 @@ class _Metrics(TypedDict, total=False):
     per_class: list[_ClassRow]
     confusion_matrix: list[list[int]]
     tta: dict[str, Any] | None
+    macro_avg: dict[str, Any]
+    weighted_avg: dict[str, Any]
+    top_k_accuracy: dict[str, float]
+    calibration: dict[str, Any]
 
 
 class _History(TypedDict):

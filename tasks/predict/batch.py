@@ -30,15 +30,17 @@ CSV, PAGE, MANIFEST = "predictions.csv", "predictions.html", "manifest.json"
 OUTPUTS = (CSV, PAGE)
 MAX_THUMBNAILS = 500  # the page shows the first ones; every file is in the CSV
 TEMPLATES = Path(__file__).parent / "templates"
-CSV_COLUMNS = ("file", "class", "probability", "top_k", "error")
+CSV_COLUMNS = ("file", "class", "probability", "top_k", "error", "pipeline", "run_id", "model_sha256")
 
 
-def csv_row(item: Prediction | Failure) -> dict[str, str]:
-    """``top_k`` is ``class:probability`` pairs joined by ``;``, best first."""
+def csv_row(item: Prediction | Failure, title: dict[str, Any] | None = None) -> dict[str, str]:
+    """``top_k`` is ``class:probability`` pairs joined by ``;``, best first; every row names the
+    pipeline, run and model sha256 that answered (from ``title``)."""
+    who = {k: str((title or {}).get(k) or "") for k in ("pipeline", "run_id", "model_sha256")}
     if isinstance(item, Failure):
-        return {"file": item.name, "class": "", "probability": "", "top_k": "", "error": item.error}
+        return {"file": item.name, "class": "", "probability": "", "top_k": "", "error": item.error, **who}
     return {"file": item.name, "class": item.label, "probability": f"{item.probability:.6f}",
-            "top_k": ";".join(f"{c}:{p:.6f}" for c, p in item.top), "error": ""}
+            "top_k": ";".join(f"{c}:{p:.6f}" for c, p in item.top), "error": "", **who}
 
 
 def render_page(context: dict[str, Any]) -> str:
@@ -59,7 +61,7 @@ def write_outputs(folder: Path, items: Iterable[Prediction | Failure], title: di
         writer.writeheader()
         for item in items:
             total += 1
-            writer.writerow(csv_row(item))
+            writer.writerow(csv_row(item, title))
             if isinstance(item, Failure):
                 failures.append({"file": item.name, "error": item.error})
                 continue

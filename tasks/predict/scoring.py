@@ -109,14 +109,35 @@ def predict_sources(scorer, sources: Iterable[Source], k: int = 3, batch: int = 
     meter.add(scored, final=True)
 
 
-def as_record(item: Prediction | Failure) -> dict[str, Any]:
-    """A JSON record: file, class, probability, top (class + probability each); or file, error."""
+def answered_by(model) -> dict[str, Any]:
+    """Which model answered (a ``ModelRef``): pipeline, run id and the sha256 of the scored file."""
+    return {"pipeline": model.pipeline, "run_id": model.run_id, "model_sha256": model.model_sha256}
+
+
+def uncertain(item: Prediction, min_prob: float | None) -> bool:
+    """The top class's probability is under ``min_prob``: the model is not sure it is any of its
+    classes ("none of these"); never with no ``min_prob``."""
+    return min_prob is not None and item.probability < min_prob
+
+
+def as_record(item: Prediction | Failure, model=None, min_prob: float | None = None) -> dict[str, Any]:
+    """A JSON record: file, class, probability, top (class + probability each), ``uncertain``
+    with ``min_prob``; or file, error. With ``model`` (a ``ModelRef``), every record names the
+    pipeline, run and model sha256 that answered."""
+    who = answered_by(model) if model is not None else {}
     if isinstance(item, Failure):
-        return {"file": item.name, "error": item.error}
-    return {"file": item.name, "class": item.label, "probability": round(item.probability, 6),
-            "index": item.index, "top": [{"class": c, "probability": round(p, 6)} for c, p in item.top]}
+        return {"file": item.name, "error": item.error, **who}
+    record = {"file": item.name, "class": item.label, "probability": round(item.probability, 6),
+              "index": item.index, "top": [{"class": c, "probability": round(p, 6)} for c, p in item.top]}
+    if min_prob is not None:
+        record["uncertain"] = uncertain(item, min_prob)
+    return {**record, **who}
 
 
-def as_line(item: Prediction) -> str:
-    """``file  class 0.873  next 0.081  ...``: the top class and probability, then the next K-1."""
-    return "  ".join([item.name, *(f"{c} {p:.3f}" for c, p in item.top)])
+def as_line(item: Prediction, min_prob: float | None = None) -> str:
+    """``file  class 0.873  next 0.081  ...``: the top class and probability, then the next K-1;
+    ``uncertain (< P)`` at the end when the top probability is under ``min_prob``."""
+    parts = [item.name, *(f"{c} {p:.3f}" for c, p in item.top)]
+    if uncertain(item, min_prob):
+        parts.append(f"uncertain (< {min_prob:g})")
+    return "  ".join(parts)

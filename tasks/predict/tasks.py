@@ -18,7 +18,7 @@ from tasks.predict.jobs import ScoreRecord, existing_scores, score_input, scores
 from tasks.predict.resolve import ModelRef
 
 
-@task(name="fetch_input", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(2),
+@task(name="fetch-input", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(2),
       retry_jitter_factor=0.5, retry_condition_fn=retry_only_on(TransientFetchError))
 def fetch_input(url: str, data_dir: str) -> str:
     """Download an http(s) input into ``<data_dir>/predict-inputs/``; returns its path."""
@@ -39,7 +39,7 @@ def _record_fn(inputs: dict[str, Any], key: str, record: ScoreRecord) -> bool:
     return same_path(record.path, scores_dir(inputs["data_dir"], key))
 
 
-@task(name="score_images", cache_policy=VerifiedCache(key_fn=_key_fn, valid_fn=_valid_fn, record_fn=_record_fn),
+@task(name="score-images", cache_policy=VerifiedCache(key_fn=_key_fn, valid_fn=_valid_fn, record_fn=_record_fn),
       persist_result=True, retries=1, retry_condition_fn=retry_unless(CifarError))
 def score_images(model: ModelRef, source: InputRecord, top_k: int, data_dir: str,
                  label: str | None = None) -> ScoreRecord:

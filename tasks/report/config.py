@@ -1,4 +1,5 @@
-"""``report:`` in pipelines.yaml: how many test images the report shows."""
+"""``report:`` in pipelines.yaml: how many test images the report shows, and whether it carries
+the course notebook's teaching text."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class ReportConfig:
 
     sample_images: int = 40  # test images shown with true/predicted labels
     confident_mistakes: int = 12
+    teaching: bool = False  # the notebook's worked example of the first convolution's parameters
 
     def problems(self) -> list[tuple[str, str]]:
         # More than 256 images would not fit one picture (and would cost the report's memory).

@@ -6,15 +6,12 @@ already as PNG ``data:`` URIs from ``tasks.report.plots``.
 
 from __future__ import annotations
 
-import itertools
 import math
-import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tasks.core import runs, verify
-from tasks.core.hashing import stable_hash, to_jsonable
+from tasks.core.hashing import to_jsonable
 from tasks.report.changes import changes_since_champion
 from tasks.report.config import ReportConfig
 from tasks.report.links import flow_run_url
@@ -25,9 +22,7 @@ from tasks.report.plots import (
     plot_confusion,
     plot_history,
     plot_image_grid,
-    plot_index_accuracy,
-    plot_pair,
-    plot_accuracy_vs_time,
+    plot_reliability,
     plot_schedule,
 )
 
@@ -192,10 +187,24 @@ def recipe_section(training: dict[str, Any], metrics: dict[str, Any]) -> dict[st
     }
 
 
-def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"class": r.get("class", ""), "precision": r.get("precision"), "recall": r.get("recall"),
-             "accuracy": r.get("accuracy"), "support": r.get("support")}
-            for r in metrics.get("per_class", [])]
+def evaluation_section(pred: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """The evaluation as an ML engineer reads it, recomputed from the run's predictions (so a run
+    saved before metrics.json carried these shows them too): per-class precision, recall, F1 and
+    support with the macro and weighted rows, top-k accuracy, calibration (ECE over
+    ``ECE_BINS`` equal-width bins), and the pictures: the confusion matrix raw and
+    row-normalised, and the reliability diagram."""
+    from tasks.core import classification
+
+    cm = classification.confusion(pred["y_true"], pred["y_pred"], len(classes))
+    scores = classification.class_scores(cm, classes)
+    calibration = classification.reliability(pred["probs"], pred["y_true"])
+    return {**scores,
+            "top_k": classification.top_k_table(pred["probs"], pred["y_true"]),
+            "ece": calibration["ece"], "ece_bins": calibration["n_bins"],
+            "confusion_png": data_uri(plot_confusion(cm.tolist(), classes)),
+            "confusion_normalised_png": data_uri(plot_confusion(classification.row_normalised(cm), classes,
+                                                                normalised=True)),
+            "reliability_png": data_uri(plot_reliability(calibration))}
 
 
 def pick_samples(y_true, y_pred, probs, n: int, k_mistakes: int, seed: int = 0):
@@ -353,14 +362,15 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
         "damaged": verify.damage_text(verify.run_damage(run["dir"], meta)),
         "what_to_do": verify.WHAT_TO_DO,
         "decision": decision_of(runs.pipeline_dir(artifacts_dir, pipeline), run_id),
-        "confusion_png": data_uri(plot_confusion(metrics.get("confusion_matrix", []), classes)),
-        "per_class": per_class_rows(metrics),
+        "evaluation": evaluation_section(pred, classes),
         "grid_png": grid,
         "mistakes_png": worst,
         "images_note": images_note,
         "layers": layer_table(model),
         "model_name": model.get("name", ""),
-        "example": first_conv_example(model.get("layers", []), shapes.get("x_test", shapes.get("x_train"))),
+        # the course notebook's teaching text: only where the pipeline asks (report.teaching)
+        "example": first_conv_example(model.get("layers", []), shapes.get("x_test", shapes.get("x_train")))
+        if cfg.teaching else None,
         "dataset": dataset,
         "classes": classes,
         "counts_rows": [{"class": c, "train": (counts.get("train") or {}).get(c),
@@ -379,63 +389,4 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
         "flow_run_url": flow_run_url(meta.get("flow_run_id")),  # its page in Prefect's UI, on a server
         "index_href": runs.index_href(),
         "changes": changes_since_champion(meta, artifacts_dir),
-    }
-
-
-def accuracy_time_series(latest: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per run (a row with its ``history``): validation accuracy after each epoch against the
-    cumulative epoch seconds, and its final test accuracy at the end of training."""
-    out = []
-    for r in latest:
-        t, points = 0.0, []
-        for h in r.get("history") or []:
-            t += float(h.get("seconds") or 0.0)
-            points.append((t, h.get("val_accuracy")))
-        final = (t, r["test_accuracy"]) if points and r.get("test_accuracy") is not None else None
-        out.append({"label": r["pipeline"], "points": points, "final": final})
-    return out
-
-
-def build_index_context(artifacts_dir: str | Path) -> dict[str, Any]:
-    """Everything the index template shows: every run, each pipeline's latest run, and one
-    comparison plot per pair of pipelines."""
-    skipped: list[str] = []
-    rows = index_rows(artifacts_dir, skipped=skipped)
-    for r in rows:
-        r["href"] = runs.report_href(r["pipeline"], r["run_id"])
-    latest: dict[str, dict[str, Any]] = {}
-    sound: dict[str, dict[str, Any]] = {}  # each pipeline's latest run that verifies: compared
-    for r in rows:  # newest first: the first seen is each pipeline's latest run
-        if r["pipeline"] not in latest:
-            latest[r["pipeline"]] = {**r, "history": runs.read_history(r["dir"]) or []}
-        if r["pipeline"] not in sound and not r["damaged"]:
-            sound[r["pipeline"]] = {**r, "history": runs.read_history(r["dir"]) or []}
-    pipelines = sorted(latest)
-    pairs = []
-    for a, b in itertools.combinations(sorted(sound), 2):
-        ra, rb = sound[a], sound[b]
-        pairs.append({
-            "id": "cmp-" + re.sub(r"[^a-z0-9-]+", "-", f"{a}--vs--{b}".lower()) + "-"
-                  + stable_hash(a, b, length=6),
-            "a": ra, "b": rb,
-            "png": data_uri(plot_pair(ra, rb)),
-            "size_note": size_note([ra["test_images"], rb["test_images"]], f"{a} and {b}"),
-        })
-    decisions = {p: decision_of(runs.pipeline_dir(artifacts_dir, p)) for p in pipelines}
-    return {
-        "rows": rows,
-        "pipelines": pipelines,
-        "latest": [latest[p] for p in pipelines],
-        "chart_png": data_uri(plot_index_accuracy(rows)) if rows else None,
-        "time_png": data_uri(plot_accuracy_vs_time(accuracy_time_series([sound[p] for p in sorted(sound)]),
-                                                   "Each pipeline's latest run: test accuracy against training time"))
-        if rows else None,
-        "glyph_note": glyph_note(pipelines),
-        "skipped": skipped,  # damaged files, each left out with what is wrong
-        "damaged": [r for r in rows if r["damaged"]],  # listed, never champion
-        "what_to_do": verify.WHAT_TO_DO,
-        "decisions": decisions,  # each pipeline's champion: who decided, when, why
-        "size_note": size_note([r["test_images"] for r in rows], "the runs below"),
-        "pairs": pairs,
-        "generated_at": datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }

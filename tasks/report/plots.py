@@ -171,34 +171,81 @@ def plot_comparison(this: tuple[str, list], champion: tuple[str, list] | None,
 
 
 @_drawn
-def plot_confusion(cm: list[list[int]], classes: list[str]) -> bytes:
-    """Heat map of the confusion matrix, counts written in every cell."""
+def plot_confusion(cm, classes: list[str], normalised: bool = False) -> bytes:
+    """Heat map of the confusion matrix: counts, or (``normalised``) each row's share of the
+    class's images, in whole percent, so the diagonal is each class's recall."""
     import numpy as np
 
-    cm = np.asarray(cm, dtype=np.int64)
+    cm = np.asarray(cm, dtype=np.float64 if normalised else np.int64)
     n = len(classes)
     # The matrix itself, inches: 0.42 a class up to 40 classes, then at most 17 (255 classes
-    # would otherwise make a 10,000-pixel square); counts in the cells only while they fit.
+    # would otherwise make a 10,000-pixel square); values in the cells only while they fit.
     size = min(max(3.0, 0.42 * n), 17.0)
     fig = _figure(size + 2.6, size + 1.6, left=1.2, right=1.4, bottom=1.1, top=0.4)
     ax = fig.subplots()
-    im = ax.imshow(cm, cmap="Blues")
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalised else None)
     step = math.ceil(n / 80) if n else 1  # every class named up to 80 classes, then every step-th
     small = {"fontsize": max(4.0, min(10.0, 400 / max(n, 1)))}
     ax.set_xticks(range(0, n, step), labels=classes[::step], rotation=45, ha="right", **small)
     ax.set_yticks(range(0, n, step), labels=classes[::step], **small)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title("Confusion matrix (test split, counts)")
-    threshold = cm.max() / 2 if cm.size else 0
+    ax.set_title("Confusion matrix, row-normalised (% of the true class)" if normalised
+                 else "Confusion matrix (test split, counts)")
+    threshold = (1 if normalised else cm.max()) / 2 if cm.size else 0
     for i in range(n if n <= 40 else 0):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+            text = f"{cm[i, j] * 100:.0f}" if normalised else str(cm[i, j])
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > threshold else "black")
     cax = fig.add_axes((1 - 1.15 / fig.get_figwidth(), ax.get_position().y0, 0.18 / fig.get_figwidth(),
                         ax.get_position().height))
-    fig.colorbar(im, cax=cax, label="images")
+    bar = fig.colorbar(im, cax=cax, label="share of the true class" if normalised else "images")
+    if normalised:
+        from matplotlib.ticker import PercentFormatter
+
+        bar.ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     return _png(fig)
+
+
+def reliability_figure(calibration: dict[str, Any]):
+    """The reliability diagram: each bin's accuracy (bars) against its mean confidence, the
+    diagonal of perfect calibration, and how many images each bin holds; the title states the
+    ECE and the binning."""
+    from matplotlib.ticker import PercentFormatter
+
+    fig = _figure(10, 3.8, wspace=0.3)
+    ax, ax_n = fig.subplots(1, 2, gridspec_kw={"width_ratios": (3, 2)})
+    bins = calibration.get("bins") or []
+    full = [b for b in bins if b["count"]]
+    width = 1 / max(len(bins), 1)
+    ax.plot([0, 1], [0, 1], "--", color="0.5", lw=1, label="perfect calibration")
+    ax.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
+           color="#1f77b4", edgecolor="white", alpha=0.85, label="accuracy in the bin")
+    ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], "o", color="#d62728", ms=4,
+            label="mean confidence, accuracy")
+    ece = calibration.get("ece")
+    ece_text = "—" if ece is None or ece != ece else f"{ece * 100:.2f}%"
+    ax.set_title(f"Reliability: ECE {ece_text} ({calibration.get('n_bins', len(bins))} equal-width bins)")
+    ax_n.bar([b["lo"] for b in bins], [b["count"] for b in bins], width=width, align="edge",
+             color="0.6", edgecolor="white")
+    ax_n.set_title("Test images per confidence bin")
+    ax_n.set_ylabel("images")
+    for a in (ax, ax_n):
+        a.set_xlim(0, 1)
+        a.set_xlabel("confidence of the top class")
+        a.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        a.grid(alpha=0.3)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+@_drawn
+def plot_reliability(calibration: dict[str, Any]) -> bytes:
+    return _png(reliability_figure(calibration))
 
 
 @_drawn
@@ -264,64 +311,6 @@ def parse_time(s: str):
 
 
 @_drawn
-def plot_index_accuracy(rows: list[dict[str, Any]]) -> bytes:
-    """Test accuracy over time, one line per pipeline; champions ringed."""
-    fig = _figure(10, 3.8, bottom=0.95)
-    ax = fig.subplots()
-    by_pipe: dict[str, list] = {}
-    for r in rows:
-        t = parse_time(r["created_at"])
-        if t is not None and r["test_accuracy"] is not None:
-            by_pipe.setdefault(r["pipeline"], []).append((t, r["test_accuracy"], r["champion"]))
-    for name, pts in sorted(by_pipe.items()):
-        pts.sort()
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
-        champ = [p for p in pts if p[2]]
-        if champ:
-            ax.plot([p[0] for p in champ], [p[1] for p in champ], "o", ms=13, mfc="none",
-                    mec=line.get_color(), mew=2)
-    ax.set_title("Test accuracy of every run over time (ringed: the pipeline's champion)")
-    ax.set_xlabel("run date (UTC)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    if by_pipe:
-        ax.legend(loc="best")
-    fig.autofmt_xdate(bottom=0.95 / 3.8)
-    return _png(fig)
-
-
-@_drawn
-def plot_pair(a: dict[str, Any], b: dict[str, Any]) -> bytes:
-    """Two pipelines' latest runs side by side: val accuracy, val loss, seconds per epoch."""
-
-    fig = _figure(12, 3.4, wspace=0.3)
-    ax_acc, ax_loss, ax_t = fig.subplots(1, 3)
-    colors = ("#1f77b4", "#ff7f0e")
-    for run, color in zip((a, b), colors):
-        hist = run["history"] or []
-        ep = _epochs(hist)
-        label = run["pipeline"]
-        ax_acc.plot(ep, [h.get("val_accuracy") for h in hist], "o-", color=color, label=label)
-        ax_acc.plot(ep, [h.get("accuracy") for h in hist], ":", color=color, alpha=0.7,
-                    label=f"{label} (train)")
-        ax_loss.plot(ep, [h.get("val_loss") for h in hist], "o-", color=color, label=label)
-        ax_loss.plot(ep, [h.get("loss") for h in hist], ":", color=color, alpha=0.7,
-                     label=f"{label} (train)")
-        ax_t.plot(ep, [h.get("seconds") for h in hist], "o-", color=color, label=label)
-    for ax, title, ylabel in ((ax_acc, "Accuracy per epoch", "accuracy"),
-                              (ax_loss, "Loss per epoch", "loss"),
-                              (ax_t, "Time per epoch", "seconds")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        _epoch_ticks(ax)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ax_t.set_ylim(bottom=0)
-    return _png(fig)
-
-
-@_drawn
 def plot_schedule(points: list[list[float]], steps_per_epoch: int, total_steps: int) -> bytes:
     """The recipe's learning rate per optimizer step (its schedule's corner points, joined by
     straight lines), epoch boundaries marked."""
@@ -339,31 +328,4 @@ def plot_schedule(points: list[list[float]], steps_per_epoch: int, total_steps: 
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
-    return _png(fig)
-
-
-@_drawn
-def plot_accuracy_vs_time(series: list[dict[str, Any]], title: str = "Test accuracy against training time",
-                          xlabel: str = "seconds of training") -> bytes:
-    """Accuracy against wall seconds, one line per series: ``{"label", "points": [(seconds,
-    accuracy), ...] (validation accuracy after each epoch, cumulative seconds), "final": (seconds,
-    accuracy) or None}`` -- the final test accuracy (with test-time augmentation where the run
-    used it), drawn as a star and joined to the last point."""
-    fig = _figure(10, 4.0)
-    ax = fig.subplots()
-    for s in series:
-        pts = [p for p in s.get("points") or [] if p[1] is not None]
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, lw=1.4, label=s["label"])
-        final = s.get("final")
-        if final and final[1] is not None:
-            tail = pts[-1:] + [final]
-            ax.plot([p[0] for p in tail], [p[1] for p in tail], ":", color=line.get_color(), lw=1)
-            ax.plot([final[0]], [final[1]], "*", ms=12, color=line.get_color())
-    ax.set_title(title + " (stars: final test accuracy)")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy")
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(loc="lower right", fontsize=8)
     return _png(fig)

@@ -16,6 +16,7 @@ from typing import Any
 from tasks.core import runs
 from tasks.core.errors import CifarError
 from tasks.core.logs import in_prefect_run
+from tasks.core.numbers import pct
 from tasks.report.context import headline
 
 REPORTS_URL = "CIFAR_REPORTS_URL"  # e.g. http://127.0.0.1:8765, where `cifar reports` serves artifacts_dir
@@ -36,16 +37,23 @@ def _loss(value: Any) -> str:
 
 
 def headline_markdown(meta: dict[str, Any], metrics: dict[str, Any], head: dict[str, Any],
-                      report: Path) -> str:
-    """The headline as a markdown table: accuracy, loss, the deltas, the promotion, the file."""
+                      report: str) -> str:
+    """The headline as a markdown table: accuracy, loss, the deltas, the promotion, and a link
+    to the report (``report``: its address, ``report_link``)."""
 
     def esc(s: Any) -> str:  # markdown table cells: no pipes or newlines from config text
         return str(s).replace("|", "\\|").replace("\n", " ")
 
     lines = [f"### {esc(meta.get('pipeline'))} · run {esc(meta.get('run_id'))}", "",
-             "| | |", "|---|---|",
-             f"| Test accuracy | **{head['accuracy_pct']}** |",
+             "| metric | value |", "|---|---|",
+             f"| Test accuracy | **{pct(head['accuracy'])}** |",
              f"| Test loss | {_loss(metrics.get('test_loss'))} |"]
+    topk = metrics.get("top_k_accuracy") or {}
+    if topk:
+        lines.append(f"| Top-k accuracy | {', '.join(f'top-{k} {pct(v)}' for k, v in topk.items())} |")
+    ece = (metrics.get("calibration") or {}).get("ece")
+    if ece is not None:
+        lines.append(f"| Calibration error (ECE, 15 bins) | {pct(ece)} |")
     for name in ("champion", "previous"):
         o = head[name]
         if o and o["delta_pp"] is not None:
@@ -53,8 +61,16 @@ def headline_markdown(meta: dict[str, Any], metrics: dict[str, Any], head: dict[
     if head.get("images") is not None:
         lines.insert(5, f"| Test images | {head['images']:,} |")
     lines += [f"| Promoted | {'yes' if head['promoted'] else 'no'}: {esc(head['reason'])} |",
-              f"| Report | `{report}` |"]
+              f"| Report | {markdown_link('report.html', report)} |"]
     return "\n".join(lines) + "\n"
+
+
+def markdown_link(text: str, address: str) -> str:
+    """A link for Prefect's markdown; a ``file://`` address is shown as text with what to do,
+    since the UI's http page cannot open it."""
+    if address.startswith(("http://", "https://")):
+        return f"[{text}]({address})"
+    return f"{address} (a local file: `cifar reports` serves it, then set {REPORTS_URL})"
 
 
 def reports_url(environ: dict[str, str] | None = None) -> str | None:
@@ -79,13 +95,15 @@ def report_link(report: Path, artifacts_dir: Path, meta: dict[str, Any], base: s
 
 
 def per_class_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per class: precision, recall, accuracy (rounded to 4 places) and support."""
-    def r(v: Any) -> float | None:
-        return None if v is None else round(float(v), 4)
-
-    return [{"class": row.get("class"), "precision": r(row.get("precision")), "recall": r(row.get("recall")),
-             "accuracy": r(row.get("accuracy")), "support": row.get("support")}
-            for row in metrics.get("per_class") or []]
+    """One row per class, then the macro and weighted averages: precision, recall, F1 (as
+    percent with two decimals) and support."""
+    rows = [("class", r) for r in metrics.get("per_class") or []]
+    rows += [(name, metrics[key]) for name, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg"))
+             if isinstance(metrics.get(key), dict)]
+    return [{"class": row.get("class", label) if label == "class" else label,
+             "precision": pct(row.get("precision")), "recall": pct(row.get("recall")),
+             "f1": pct(row.get("f1")), "support": row.get("support")}
+            for label, row in rows]
 
 
 def checks_table(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,7 +121,7 @@ def runs_table(artifacts_dir: Path, pipeline: str, current: str | None = None,
     for run in reversed(runs.pipeline_runs(runs.pipeline_dir(artifacts_dir, pipeline))):
         acc = run.metrics.get("test_accuracy") if run.value_verified else None
         row = {"run": run.run_id, "created": str(run.metadata.get("created_at") or "")[:19],
-               "test_accuracy": None if acc is None else round(float(acc), 4),
+               "test_accuracy": pct(acc),
                "test_images": run.test_images if run.value_verified else None,
                "champion": "damaged" if run.damage else "★ champion" if run.champion else "",
                "this run": "◀" if run.run_id == current else ""}
@@ -124,8 +142,9 @@ def publish_artifacts(meta: dict[str, Any], metrics: dict[str, Any], report: Pat
     pipeline, run_id = meta.get("pipeline", ""), meta.get("run_id")
     base = reports_url()
     head = headline(meta, metrics, artifacts_dir)
+    link = report_link(report, artifacts_dir, meta, base)
     create_markdown_artifact(key=artifact_key("report", pipeline),
-                             markdown=headline_markdown(meta, metrics, head, report),
+                             markdown=headline_markdown(meta, metrics, head, link),
                              description=f"Headline metrics of run {run_id}")
     create_table_artifact(key=artifact_key("per-class", pipeline), table=per_class_table(metrics),
                           description=f"Per-class test metrics of run {run_id}")
@@ -133,7 +152,7 @@ def publish_artifacts(meta: dict[str, Any], metrics: dict[str, Any], report: Pat
                           description=f"The data checks of run {run_id}")
     create_table_artifact(key=artifact_key("runs", pipeline), table=runs_table(artifacts_dir, pipeline, run_id, base),
                           description=f"Every run of {pipeline}, newest first, the champion marked")
-    create_link_artifact(key=artifact_key("report-link", pipeline), link=report_link(report, artifacts_dir, meta, base),
+    create_link_artifact(key=artifact_key("report-link", pipeline), link=link,
                          link_text=f"report {pipeline} {run_id}",
                          description=("The run's HTML report, on the reports server" if base
                                       else "The run's HTML report (a local file; `cifar reports` serves it over HTTP)"))

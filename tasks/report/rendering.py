@@ -16,8 +16,10 @@ from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_text
 from tasks.core.hashing import closure_fingerprint
 from tasks.core.logs import get_logger
+from tasks.core.numbers import pct
 from tasks.report.config import ReportConfig
-from tasks.report.context import build_index_context, build_report_context
+from tasks.report.context import build_report_context
+from tasks.report.index_context import build_index_context
 from tasks.report.plots import parse_time
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -44,7 +46,7 @@ def _jinja_env():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["pct"] = lambda v, d=2: "—" if v is None else f"{float(v) * 100:.{d}f}%"
+    env.filters["pct"] = pct  # the one number format for shares of images (tasks/core/numbers.py)
     env.filters["num"] = lambda v, d=3: "—" if v is None else f"{float(v):.{d}f}"
     env.filters["secs"] = _fmt_seconds
     env.filters["thousands"] = lambda v: "—" if v is None else f"{int(v):,}"
@@ -111,6 +113,16 @@ def render_index(artifacts_dir: str | Path) -> Path:
     artifacts_dir = Path(artifacts_dir).resolve()
     html = _jinja_env().get_template("index.html.j2").render(**build_index_context(artifacts_dir))
     return atomic_write_text(runs.index_path(artifacts_dir), html)
+
+
+def render_compare(run_a: str | Path, run_b: str | Path, artifacts_dir: str | Path) -> Path:
+    """`cifar compare RUN_A RUN_B`: write ``<artifacts_dir>/compare/<a>--<b>.html`` (atomically),
+    the two runs side by side; each run a folder, PIPELINE/RUN_ID or a bare run id."""
+    from tasks.report.compare import COMPARE_DIR, compare_context, compare_name
+
+    ctx = compare_context(resolve_run_dir(run_a, artifacts_dir), resolve_run_dir(run_b, artifacts_dir))
+    html = _jinja_env().get_template("compare.html.j2").render(**ctx)
+    return atomic_write_text(Path(artifacts_dir).resolve() / COMPARE_DIR / compare_name(ctx["a"], ctx["b"]), html)
 
 
 def resolve_run_dir(run: str | Path, artifacts_dir: str | Path) -> Path:

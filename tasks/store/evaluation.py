@@ -1,6 +1,7 @@
 """Scoring a trained model on the cached test split: its probabilities, scaled exactly as in
 training (optionally averaged over test-time views), and metrics.json (loss, accuracy,
-per-class precision/recall, confusion matrix, and what test-time augmentation gained)."""
+per-class precision/recall/F1 with macro and weighted averages, confusion matrix, top-k
+accuracy, calibration (15-bin ECE), and what test-time augmentation gained)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.core import classification
 from tasks.core.kernels import fused_kernels
 from tasks.core.pixels import scale_pixels
 
@@ -114,39 +116,12 @@ def score_test_split(model, x: np.ndarray, y_true: np.ndarray, classes: list[str
 def per_class_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, classes: list[str] | None = None
 ) -> dict[str, Any]:
-    """Per-class precision, recall and accuracy plus the confusion matrix (NumPy only).
-
-    ``confusion_matrix[i][j]`` counts test images of true class i predicted as j. Per-class
-    ``accuracy`` is the usual "accuracy of class i": the fraction of class-i images classified
-    correctly, which equals its recall. ``precision`` of a class never predicted is 0.0 (and its
-    recall 0.0 when it has no images), as scikit-learn's ``zero_division=0``.
-    """
-    y_true = np.asarray(y_true, dtype=np.int64).ravel()
-    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has {y_true.size} labels but y_pred has {y_pred.size}")
-    c = int(num_classes)
-    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
-        if y.size and (y.min() < 0 or y.max() >= c):
-            raise ValueError(f"{name} holds labels outside [0, {c}): min {y.min()}, max {y.max()}")
-    cm = np.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = np.divide(tp, predicted, out=np.zeros(c), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(c), where=support > 0)
-    names = list(classes) if classes is not None else list(range(c))
-    rows = [
-        {
-            "class": names[i],
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "accuracy": float(recall[i]),
-            "support": int(support[i]),
-        }
-        for i in range(c)
-    ]
-    return {"per_class": rows, "confusion_matrix": cm.astype(int).tolist()}
+    """Per-class precision, recall, F1 and support, their macro and weighted averages, and the
+    confusion matrix (``tasks.core.classification``; ``confusion_matrix[i][j]`` counts test images
+    of true class i predicted as j). A class never predicted has precision 0.0, as
+    scikit-learn's ``zero_division=0``."""
+    cm = classification.confusion(y_true, y_pred, num_classes)
+    return {**classification.class_scores(cm, classes), "confusion_matrix": cm.astype(int).tolist()}
 
 
 def evaluation_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -161,6 +136,8 @@ def evaluation_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]
         "test_size": n,
         "classes": list(classes),
         **per_class_metrics(y_true, y_pred, len(classes), classes),
+        "top_k_accuracy": classification.top_k_table(probs, y_true),
+        "calibration": classification.reliability(probs, y_true),
     }
 
 

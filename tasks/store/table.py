@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.core.numbers import pct
+
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
@@ -64,7 +66,7 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
                 created,
                 str(r.get("model") or "-"),
                 "-" if r.get("epochs") is None else str(r["epochs"]),
-                ("?" if r.get("damaged") else "-") if acc is None else f"{acc:.4f}",
+                ("?" if r.get("damaged") else "-") if acc is None else pct(acc),
                 "-" if size is None else f"{size:,}",
                 _duration(r.get("train_seconds")),
                 _status(r),

@@ -30,7 +30,7 @@ def _record_fn(inputs: dict[str, Any], key: str, run: RunRecord) -> bool:
 
 
 @task(
-    name="save_run",
+    name="save-run",
     cache_policy=VerifiedCache(key_fn=_key_fn, valid_fn=_valid_fn, record_fn=_record_fn),
     persist_result=True,
     retries=1,

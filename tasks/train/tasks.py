@@ -31,7 +31,7 @@ def _task_record(inputs: dict[str, Any], key: str, trained: TrainRecord) -> bool
     return same_path(trained.path, model_dir(inputs["data_dir"], key))
 
 
-@task(name="train_model", retries=1, cache_policy=VerifiedCache(
+@task(name="train-model", retries=1, cache_policy=VerifiedCache(
           key_fn=_task_key, valid_fn=_task_valid, record_fn=_task_record),
       persist_result=True, timeout_seconds=None)
 def train_model(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,

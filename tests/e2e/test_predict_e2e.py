@@ -100,10 +100,10 @@ pipelines:
     assert all(len(r["top_k"].split(";")) == 3 for r in rows)
     page = (tmp_path / "out1" / "predictions.html").read_text()
     assert page.count("<figure>") == n and "data:image/png;base64," in page
-    assert task_states(server, first)["score_images"] == "Completed"
+    assert task_states(server, first)["score-images"] == "Completed"
 
     second = trigger(procs, server, "predict-2", input=tmp_path / "photos", output=tmp_path / "out2")
-    assert task_states(server, second)["score_images"] == "Cached"  # the same model, the same images
+    assert task_states(server, second)["score-images"] == "Cached"  # the same model, the same images
     assert (tmp_path / "out2" / "predictions.csv").read_bytes() == (tmp_path / "out1" / "predictions.csv").read_bytes()
 
     from prefect.client.orchestration import SyncPrefectClient

@@ -110,7 +110,7 @@ def test_a_rerun_says_nothing_changed_and_replays_no_promotion(three_runs):
     assert second["promoted"] is False and second["promotion_reason"] is None
     logs, artifact = logs_and_outcome(three_runs.second_flow_run_id, "done: ")
     done = [m for m in logs if m.startswith("done: ")]
-    assert done == [f"done: test accuracy {second['test_accuracy']:.4f}, {said}; report {second['report']}"], logs
+    assert done == [f"done: test accuracy {second['test_accuracy'] * 100:.2f}%, {said}; report {second['report']}"], logs
     assert not [m for m in logs if "promot" in m.lower()], logs
     assert said in artifact and "promot" not in artifact.lower(), artifact
 
@@ -209,7 +209,7 @@ def test_cli_rerun_says_only_that_nothing_changed(cli_runs):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     accuracy = json.loads((Path(last).parent / "metrics.json").read_text())["test_accuracy"]
     lines = again.stdout.strip().splitlines()
-    assert lines[-4:-2] == [said, f"tiny: test accuracy {accuracy:.4f} (run {run_id})"], lines[-6:]
+    assert lines[-4:-2] == [said, f"tiny: test accuracy {accuracy * 100:.2f}% (run {run_id})"], lines[-6:]
     assert lines[-1] == last
     assert "promot" not in (again.stdout + again.stderr).lower(), again.stdout[-3000:] + again.stderr[-3000:]
 

@@ -12,10 +12,10 @@ from flows import interrupts
 def test_the_line_names_the_innermost_step_a_signal_stopped():
     with pytest.raises(KeyboardInterrupt):
         with interrupts.doing("the download stage (fetch-archive)"):
-            with interrupts.doing("the train stage (train_model)"):
+            with interrupts.doing("the train stage (train-model)"):
                 raise KeyboardInterrupt
     line = interrupts.message("cifar run smoke", signal.SIGINT)
-    assert line.startswith("interrupted by SIGINT (Ctrl-C): the train stage (train_model) stopped")
+    assert line.startswith("interrupted by SIGINT (Ctrl-C): the train stage (train-model) stopped")
     assert "marked Crashed" in line and "Run the same command again" in line
     interrupts._stopped.clear()
 

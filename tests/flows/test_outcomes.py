@@ -96,8 +96,8 @@ def test_a_nothing_changed_run_never_replays_the_promotion_of_the_run_it_found()
     assert summary["message"] == said and summary["outcome"] == "nothing changed"
     assert summary["promoted"] is False and summary["promotion_reason"] is None
     assert summary["champion"] == "R1" and summary["champion_since"] == "2026-12-01 09:30 UTC"
-    assert run_lines(summary) == [f"p: {said}", "p: test accuracy 0.5000 (run R1)"]
-    assert done_line(summary) == f"done: test accuracy 0.5000, {said}; report /a/p/runs/R1/report.html"
+    assert run_lines(summary) == [f"p: {said}", "p: test accuracy 50.00% (run R1)"]
+    assert done_line(summary) == f"done: test accuracy 50.00%, {said}; report /a/p/runs/R1/report.html"
     for text in [*run_lines(summary), done_line(summary), outcome_markdown(summary)]:
         assert "promot" not in text.lower(), text
 
@@ -107,6 +107,19 @@ def test_a_run_that_trained_says_it_was_promoted():
 
     trained = {**BASE, **outcome_fields(SAVED, False, CHAMPION)}
     assert trained["promoted"] is True and trained["message"] == "trained and saved run R1: promoted to champion"
-    assert run_lines(trained) == ["p: test accuracy 0.5000 (promoted to champion: first run of this pipeline)"]
-    assert done_line(trained).startswith("done: test accuracy 0.5000, promoted to champion; report ")
+    assert run_lines(trained) == ["p: test accuracy 50.00% (promoted to champion: first run of this pipeline)"]
+    assert done_line(trained).startswith("done: test accuracy 50.00%, promoted to champion; report ")
     assert "| Promoted | yes: first run of this pipeline |" in outcome_markdown(trained)
+
+
+def test_the_outcome_links_the_report_over_http_with_a_reports_server():
+    from flows.outcomes import done_line, outcome_fields, outcome_markdown
+
+    url = "http://127.0.0.1:8765/p/runs/R1/report.html"
+    served = {**BASE, **outcome_fields(SAVED, False, CHAMPION), "report_url": url}
+    md = outcome_markdown(served)
+    assert f"| Report | [report.html]({url}) |" in md and "| | |" not in md
+    assert "| item | value |" in md and "| Test accuracy | 50.00% |" in md
+    assert done_line(served).endswith(f"report {url}")
+    local = outcome_markdown({**served, "report_url": None})
+    assert "/a/p/runs/R1/report.html (a local file" in local and "](" not in local

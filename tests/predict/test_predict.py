@@ -240,6 +240,24 @@ def test_predict_files_reproduces_the_recorded_predictions(project, photos):
         assert rec["probability"] == pytest.approx(float(recorded["probs"][i].max()), abs=1e-5)
         assert [t["class"] for t in rec["top"]] == [CLASSES[j] for j in np.argsort(-recorded["probs"][i])]
     assert "model: tiny run " in r.stderr and "(champion)" in r.stderr and "8x8x3 input, 3 classes" in r.stderr
+    # every record names the run and the model's sha256 that answered
+    meta = json.loads((Path(project["runs"]["fit"].path) / "metadata.json").read_text())
+    assert {(rec["pipeline"], rec["run_id"], rec["model_sha256"]) for rec in records} == {
+        ("tiny", project["runs"]["fit"].run_id, meta["files"]["model.tflite"])}
+    assert "uncertain" not in records[0]  # no --min-prob: no verdict
+
+
+def test_predict_min_prob_marks_the_unsure_ones_uncertain(project, photos):
+    files = [photos / "folder" / "test0.png", photos / "folder" / "gray.png"]
+    r = cifar_predict(project, *files, "--run", "latest", "--json", "--min-prob", "0.99")
+    assert r.returncode == 0, r.stderr
+    records = json.loads(r.stdout)
+    assert [rec["uncertain"] for rec in records] == [rec["probability"] < 0.99 for rec in records]
+    assert any(rec["uncertain"] for rec in records)
+    lines = cifar_predict(project, *files, "--run", "latest", "--min-prob", "0.99").stdout.splitlines()
+    assert [line.endswith("uncertain (< 0.99)") for line in lines] == [rec["uncertain"] for rec in records]
+    bad = cifar_predict(project, *files, "--min-prob", "1.5")
+    assert bad.returncode == 2 and "expected a probability between 0 and 1, got '1.5'" in bad.stderr
 
 
 def test_predict_a_folder_skips_and_reports_the_bad_file(project, photos):
@@ -377,6 +395,8 @@ def test_a_prediction_as_a_line_and_as_a_record():
     assert as_record(p) == {"file": "x.png", "class": "b", "probability": 0.5, "index": 1,
                             "top": [{"class": "b", "probability": 0.5}, {"class": "a", "probability": 0.25}]}
     assert as_record(Failure("y.png", "y.png: bad")) == {"file": "y.png", "error": "y.png: bad"}
+    assert as_record(p, min_prob=0.6)["uncertain"] and not as_record(p, min_prob=0.5)["uncertain"]
+    assert as_line(p, 0.6) == "x.png  b 0.500  a 0.250  uncertain (< 0.6)" and as_line(p, 0.5) == as_line(p)
 
 
 def test_choosing_the_run(project):
@@ -462,9 +482,9 @@ def test_the_csv_has_a_row_per_input_failures_included(tmp_path):
 
     _batch_folder(tmp_path / "k")
     rows = (tmp_path / "k" / CSV).read_text().splitlines()
-    assert rows[0] == "file,class,probability,top_k,error"
-    assert rows[1] == "<script>alert(1)</script>.png,cat,0.900000,cat:0.900000;dog:0.100000,"
-    assert rows[2] == "bad & worse.jpg,,,,bad & worse.jpg: corrupt"
+    assert rows[0] == "file,class,probability,top_k,error,pipeline,run_id,model_sha256"
+    assert rows[1].startswith("<script>alert(1)</script>.png,cat,0.900000,cat:0.900000;dog:0.100000,,")
+    assert rows[2].startswith("bad & worse.jpg,,,,bad & worse.jpg: corrupt,")
 
 
 def test_the_manifest_counts_and_is_checked_against_the_files(tmp_path):
@@ -500,24 +520,27 @@ def test_predict_flow_scores_once_writes_csv_and_page_and_publishes(prefect_engi
     assert (summary["images"], summary["scored"], summary["failed"]) == (9, 8, 1)
     assert summary["counts"] == [{"class": "frog", "images": 8}]
     rows = (tmp_path / "one" / "predictions.csv").read_text().splitlines()
-    assert len(rows) == 1 + 9 and rows[0] == "file,class,probability,top_k,error"
+    assert len(rows) == 1 + 9 and rows[0] == "file,class,probability,top_k,error,pipeline,run_id,model_sha256"
+    answered = project["root"] / "artifacts" / "tiny" / "runs" / summary["run_id"] / "metadata.json"
+    sha = json.loads(answered.read_text())["files"]["model.tflite"]
+    assert all(row.endswith(f",tiny,{summary['run_id']},{sha}") for row in rows[1:])
     assert sum(",frog,0.986" in row for row in rows) == 8
     assert [r.split(",")[0] for r in rows[1:3]] == ["broken.jpg", "gray.png"] and "corrupt" in rows[1]
     assert rows[-1].startswith("sub/big.jpg,frog,")
     page = (tmp_path / "one" / "predictions.html").read_text()
     assert page.count("<figure>") == 8 and "Not scored (1)" in page
-    assert _task_states(first.state_details.flow_run_id)["score_images"] == "Completed"
+    assert _task_states(first.state_details.flow_run_id)["score-images"] == "Completed"
 
     # the same model on the same input: not scored again, wherever the output goes
     second = cifar_predict(**kwargs, output=str(tmp_path / "two"), return_state=True)
     assert second.result()["key"] == summary["key"]
-    assert _task_states(second.state_details.flow_run_id)["score_images"] == "Cached"
+    assert _task_states(second.state_details.flow_run_id)["score-images"] == "Cached"
     assert (tmp_path / "two" / "predictions.csv").read_bytes() == (tmp_path / "one" / "predictions.csv").read_bytes()
     # ... until its files are altered: then it scores again
     cached = Path(project["root"] / "data" / "predictions" / summary["key"] / "predictions.csv")
     cached.write_text("tampered")
     third = cifar_predict(**kwargs, output=str(tmp_path / "three"), return_state=True)
-    assert _task_states(third.state_details.flow_run_id)["score_images"] == "Completed"
+    assert _task_states(third.state_details.flow_run_id)["score-images"] == "Completed"
     assert (tmp_path / "three" / "predictions.csv").read_bytes() == (tmp_path / "one" / "predictions.csv").read_bytes()
 
     with get_client(sync_client=True) as client:

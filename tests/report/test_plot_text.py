@@ -21,15 +21,16 @@ def test_every_plot_draws_text_as_written_even_under_a_latex_matplotlibrc():
     import matplotlib
     from PIL import Image
 
-    from tasks.report import plots
+    from tasks.report import index_plots, plots
 
-    drawers = [name for name in dir(plots) if name.startswith("plot_")]
-    assert drawers and all(hasattr(getattr(plots, n), "__wrapped__") for n in drawers), drawers
+    for module in (plots, index_plots):
+        drawers = [name for name in dir(module) if name.startswith("plot_")]
+        assert drawers and all(hasattr(getattr(module, n), "__wrapped__") for n in drawers), drawers
     names = AWKWARD[:10]
     cm = (np.arange(100).reshape(10, 10) % 7).tolist()
     x = np.zeros((10, 32, 32, 3), np.uint8)
     with matplotlib.rc_context({"text.usetex": True, "text.parse_math": True}):  # a user's matplotlibrc
-        for png in (plots.plot_confusion(cm, names),
+        for png in (plots.plot_confusion(cm, names), plots.plot_confusion(cm, names, normalised=True),
                     plots.plot_image_grid(x, np.arange(10), (np.arange(10) + 1) % 10, np.full(10, 0.5),
                                           names, r"title $\bar$")):
             assert Image.open(io.BytesIO(png)).format == "PNG"

@@ -115,29 +115,65 @@ def test_report_deltas_are_against_the_champion_before_and_the_previous_run(repo
     assert "promoted to champion" in html and html_escape(meta["promotion"]["reason"]) in html
 
 
-def test_report_layer_table_totals_keras_count_with_a_worked_example(report):
+def test_report_layer_table_totals_keras_count(report):
     html = report["html"]
-    # layer table total == Keras's count, and the worked example derived from conv2d
     total = re.search(r'id="layers-total">([^<]+)<', html).group(1)
     assert int(total.replace(",", "")) == report["meta"]["model"]["params"] == 624_106
     assert "equals Keras's count" in html
+
+
+def test_teaching_text_only_where_the_pipeline_asks(report, runs, tmp_path):
+    from tasks.report.config import ReportConfig
+    from tasks.report.rendering import render_report
+
+    assert "Worked example" not in report["html"] and "worked-example" not in report["html"]
+    run_dir = tmp_path / "art" / "notebook" / "runs" / runs["notebook"][0].name
+    shutil.copytree(runs["notebook"][0], run_dir)
+    html = render_report(run_dir, ReportConfig(sample_images=0, confident_mistakes=0, teaching=True)).read_text()
+    # the worked example, derived from conv2d
     example = " ".join(re.sub(r"<[^>]+>", "", re.search(r'id="worked-example">(.*?)</p>', html, re.S).group(1)).split())
     assert "3×3 kernel × 3 channels × 32 filters + 32 biases = 864 + 32 = 896" in example
 
 
 def test_report_per_class_table_and_stage_timings_come_from_the_files(report):
+    from tasks.core.classification import class_scores
+
     html = report["html"]
-    for row in report["metrics"]["per_class"]:
-        assert f"<td>{row['class']}</td><td class=\"n\">{row['precision'] * 100:.1f}%</td>" in html
+    table = re.search(r'<table id="per-class">(.*?)</table>', html, re.S).group(1)
+    cells = lambda row: re.sub(r"<[^>]+>", " ", row).split()  # noqa: E731
+    rows = [cells(r) for r in re.findall(r"<tr>(.*?)</tr>", table, re.S)][1:]
+    expected = class_scores(report["metrics"]["confusion_matrix"], report["metrics"]["classes"])
+    for got, want in zip(rows, expected["per_class"]):
+        assert got == [want["class"], f"{want['precision'] * 100:.2f}%", f"{want['recall'] * 100:.2f}%",
+                       f"{want['f1'] * 100:.2f}%", str(want["support"])]
+    avg = [cells(r) for r in re.findall(r'<tr class="avg">(.*?)</tr>', table, re.S)]
+    for got, label, want in zip(avg, ("macro", "weighted"), (expected["macro_avg"], expected["weighted_avg"])):
+        assert got == [label, "avg", f"{want['precision'] * 100:.2f}%", f"{want['recall'] * 100:.2f}%",
+                       f"{want['f1'] * 100:.2f}%", str(want["support"])]
+    # weighted recall is the accuracy
+    assert expected["weighted_avg"]["recall"] == pytest.approx(report["metrics"]["test_accuracy"])
     assert html.count("cache hit") == 2  # download and prepare were cache hits, train ran
+
+
+def test_report_states_top_k_and_the_calibration_error(report):
+    from tasks.core.classification import reliability, top_k_accuracy
+
+    html, run = report["html"], __import__("tasks.core.runs", fromlist=["load_run"]).load_run(report["run_dir"])
+    pred = run["predictions"]
+    for k in (1, 3, 5):
+        assert f"top-{k} accuracy {top_k_accuracy(pred['probs'], pred['y_true'], k) * 100:.2f}%" in html
+    ece = reliability(pred["probs"], pred["y_true"])["ece"]
+    assert f'id="ece">ECE {ece * 100:.2f}%' in html and "15 equal-width bins" in html
+    assert 'alt="Reliability diagram"' in html and 'alt="Confusion matrix heat map, row-normalised"' in html
 
 
 def test_report_pictures_are_embedded_decodable_pngs(report):
     from PIL import Image
 
-    # every picture is an embedded, decodable PNG: history, comparison, confusion, grid, mistakes
+    # every picture is an embedded, decodable PNG: history, comparison, confusion (counts and
+    # row-normalised), reliability, grid, mistakes
     pngs = _images(report["html"])
-    assert len(pngs) == 5
+    assert len(pngs) == 7
     for png in pngs:
         assert Image.open(io.BytesIO(png)).size[0] > 100
 
@@ -161,7 +197,7 @@ def test_report_without_the_dataset_cache_says_so(runs, tmp_path):
     meta["dataset"]["path"] = str(tmp_path / "gone")
     atomic_write_json(run_dir / "metadata.json", meta)
     html = render_report(run_dir).read_text()
-    assert "is not on this machine" in html and len(_images(html)) == 2  # history + confusion
+    assert "is not on this machine" in html and len(_images(html)) == 4  # history, confusion x2, reliability
 
 
 def test_incomplete_run_folder_names_the_missing_file(runs, tmp_path):
@@ -231,7 +267,7 @@ def test_report_in_headless_chromium(runs, tmp_path):
         page = browser.open(report.as_uri())
         sizes = page.evaluate("Promise.all([...document.images].map(i => i.decode()"
                               ".then(() => [i.naturalWidth, i.naturalHeight], () => [0, 0])))")
-        assert len(sizes) == 5 and all(w > 0 and h > 0 for w, h in sizes), sizes
+        assert len(sizes) == 7 and all(w > 0 and h > 0 for w, h in sizes), sizes
         assert float(page.evaluate("document.getElementById('headline-accuracy').dataset.value")) == acc
         assert page.evaluate("document.getElementById('headline-accuracy').textContent") == f"{acc * 100:.2f}%"
         assert page.evaluate("document.getElementById('pipeline-description').textContent") == XSS

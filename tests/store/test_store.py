@@ -155,9 +155,10 @@ def test_per_class_metrics_by_hand():
     m = per_class_metrics(y_true, y_pred, 3, list(CLASSES))
     assert m["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [1, 0, 0]]
     cat, dog, frog = m["per_class"]
-    assert cat == {"class": "cat", "precision": 0.5, "recall": 2 / 3, "accuracy": 2 / 3, "support": 3}
+    assert cat == pytest.approx({"class": "cat", "precision": 0.5, "recall": 2 / 3, "f1": 4 / 7, "support": 3})
     assert dog["precision"] == 0.5 and dog["recall"] == 0.5
-    assert frog == {"class": "frog", "precision": 0.0, "recall": 0.0, "accuracy": 0.0, "support": 1}
+    assert frog == {"class": "frog", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["macro_avg"]["support"] == 6 and m["weighted_avg"]["recall"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="outside"):
         per_class_metrics([0, 3], [0, 0], 3)
 
@@ -313,7 +314,7 @@ def test_the_runs_table_is_aligned_and_marks_the_champion(sequence):
     better = sequence.better
     table = format_runs_table(sequence.rows).splitlines()
     assert table[0].split()[:3] == ["PIPELINE", "RUN", "ID"] and len(table) == 3
-    assert better.run_id in table[2] and " * " in table[2] and "0.5000" in table[2]
+    assert better.run_id in table[2] and " * " in table[2] and "50.00%" in table[2]
     assert len({len(line) for line in table[1:]}) == 1  # aligned: the rows are equally long
     assert format_runs_table([]) == "no runs yet"
 
