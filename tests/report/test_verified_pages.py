@@ -67,7 +67,7 @@ def test_cifar_runs_shows_the_test_images_and_says_the_sizes_differ(sized):
 def test_the_runs_table_artifact_shows_sizes_and_damage(sized):
     rows = {r["run"]: r for r in runs_table(sized.art, "small", sized.edited.name)}
     assert rows[sized.small[0].name]["test_images"] == 30
-    assert rows[sized.edited.name]["champion"] == "damaged" and rows[sized.edited.name]["test_accuracy"] is None
+    assert rows[sized.edited.name]["champion"] == "damaged" and rows[sized.edited.name]["test_accuracy"] == "—"  # pct(None): no value shown
     assert rows[sized.small[1].name]["champion"] == "★ champion"  # named by a person
 
 
