@@ -217,7 +217,8 @@ def test_reports_are_served_and_linked_from_the_artifacts(server, project, procs
     assert {"per-class-svc-a", "validation-svc-a", "runs-svc-a", "report-link-svc-a", "index-link"} <= set(by_key), by_key
     assert {by_key[k].type for k in ("per-class-svc-a", "validation-svc-a", "runs-svc-a")} == {"table"}
     per_class = json.loads(by_key["per-class-svc-a"].data)
-    assert [r["class"] for r in per_class] == json.loads((run_dir / "classes.json").read_text())
+    classes = json.loads((run_dir / "classes.json").read_text())
+    assert [r["class"] for r in per_class] == [*classes, "macro avg", "weighted avg"]  # a row per class, then averages
     rows = json.loads(by_key["runs-svc-a"].data)
     assert [r["run"] for r in rows if r["this run"]] == [meta["run_id"]]
     assert [r["champion"] for r in rows] == ["★ champion"]  # the pipeline's one run is its champion
