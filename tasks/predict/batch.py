@@ -22,6 +22,7 @@ from tasks.core.files import (
     fsync_tree,
     read_json,
 )
+from tasks.core.guards_text import csv_cell
 from tasks.core.hashing import hash_file
 from tasks.predict.imaging import png_data_uri
 from tasks.predict.scoring import Failure, Prediction
@@ -34,11 +35,13 @@ CSV_COLUMNS = ("file", "class", "probability", "top_k", "error")
 
 
 def csv_row(item: Prediction | Failure) -> dict[str, str]:
-    """``top_k`` is ``class:probability`` pairs joined by ``;``, best first."""
+    """``top_k`` is ``class:probability`` pairs joined by ``;``, best first. Text cells pass
+    ``csv_cell``: a name such as ``=HYPERLINK(...)`` or ``+cmd|...`` is text, never a formula."""
     if isinstance(item, Failure):
-        return {"file": item.name, "class": "", "probability": "", "top_k": "", "error": item.error}
-    return {"file": item.name, "class": item.label, "probability": f"{item.probability:.6f}",
-            "top_k": ";".join(f"{c}:{p:.6f}" for c, p in item.top), "error": ""}
+        return {"file": csv_cell(item.name), "class": "", "probability": "", "top_k": "",
+                "error": csv_cell(item.error)}
+    return {"file": csv_cell(item.name), "class": csv_cell(item.label), "probability": f"{item.probability:.6f}",
+            "top_k": csv_cell(";".join(f"{c}:{p:.6f}" for c, p in item.top)), "error": ""}
 
 
 def render_page(context: dict[str, Any]) -> str:

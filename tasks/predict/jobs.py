@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.files import file_lock
+from tasks.core.guards_text import escape
 from tasks.core.hashing import closure_fingerprint, stable_hash
 from tasks.core.logs import get_logger
 from tasks.predict import batch, scoring
@@ -43,6 +44,7 @@ def relative_name(name: str, root: str) -> str:
 
 
 def _named_within(items: Iterable, root: str) -> Iterator:
+    root = escape(root)  # the items' names were escaped when scored
     for item in items:
         yield dataclasses.replace(item, name=relative_name(item.name, root))
 

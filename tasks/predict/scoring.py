@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.errors import CifarError
+from tasks.core.guards_text import escape
 from tasks.predict.imaging import decode_photo, to_model_input
 from tasks.predict.inputs import Source
 
@@ -51,12 +52,14 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[tuple[str, floa
 
 
 def _prepare(src: Source, shape: tuple[int, int, int]) -> np.ndarray | Failure:
+    """The model's input, or a Failure whose name and message are escaped (``escape``: no
+    control character or undecodable byte of a file name reaches a terminal, CSV or page)."""
     if src.error is not None:
-        return Failure(src.name, src.error)
+        return Failure(escape(src.name), escape(src.error))
     try:
         return to_model_input(decode_photo(src.name, src.data), shape)
     except CifarError as exc:  # the decoder's ImageDecodeError names the file
-        return Failure(src.name, str(exc))
+        return Failure(escape(src.name), escape(str(exc)))
 
 
 class Progress:
@@ -99,7 +102,7 @@ def predict_sources(scorer, sources: Iterable[Source], k: int = 3, batch: int = 
     scored = 0
     for src in sources:
         prepared = _prepare(src, scorer.input_shape)
-        pending.append((src.name, prepared))
+        pending.append((escape(src.name), prepared))
         del src
         scored += not isinstance(prepared, Failure)
         if len(pending) >= batch:
