@@ -160,14 +160,16 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(root: str | os.PathLike, port: int = DEFAULT_PORT, quiet: bool = False) -> ThreadingHTTPServer:
+def make_server(root: str | os.PathLike, port: int = DEFAULT_PORT, quiet: bool = False,
+                idle_timeout: float = IDLE_TIMEOUT) -> ThreadingHTTPServer:
     """The server (not started) for ``root`` on 127.0.0.1:``port`` (0: any free port)."""
     root = Path(root)
     if not root.is_dir():
         raise ReportsServerError(f"{root} is not a folder: there is nothing to serve yet. Run a pipeline "
                                  "first (`cifar run smoke`), or pass --config for the file whose "
                                  "artifacts_dir holds the runs.")
-    handler = functools.partial(ReadOnlyHandler, directory=str(root.resolve()))
+    handler_class = type("Handler", (ReadOnlyHandler,), {"timeout": idle_timeout})
+    handler = functools.partial(handler_class, directory=str(root.resolve()))
     try:
         server = _Server((HOST, port), handler)
     except (OSError, OverflowError) as exc:
@@ -197,8 +199,8 @@ def serve_reports(root: str | os.PathLike, port: int = DEFAULT_PORT) -> None:
 class Background:
     """The server on a thread, for tests and scripts: ``with Background(root) as url: ...``."""
 
-    def __init__(self, root: str | os.PathLike, port: int = 0):
-        self.server = make_server(root, port, quiet=True)
+    def __init__(self, root: str | os.PathLike, port: int = 0, idle_timeout: float = IDLE_TIMEOUT):
+        self.server = make_server(root, port, quiet=True, idle_timeout=idle_timeout)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> str:

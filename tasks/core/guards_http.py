@@ -55,7 +55,7 @@ def fetch_to_file(url: str, dest: Path, max_bytes: int, deadline_s: float = DEAD
                 _answer_ok(url, resp, transient, permanent)
                 size = 0
                 with open(part, "wb") as f:
-                    for chunk in resp.iter_raw(1 << 20):
+                    for chunk in resp.iter_raw():  # as it arrives (a chunk size would wait to fill it)
                         size += len(chunk)
                         if size > max_bytes:
                             raise permanent(f"{url}: more than {max_bytes / 2**20:,.0f} MiB; refused. Split "
