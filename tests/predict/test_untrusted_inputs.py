@@ -101,7 +101,7 @@ def test_one_budget_of_bytes_for_the_whole_call(tmp_path):
 def test_the_default_budget_is_per_call_and_bounded():
     from tasks.predict import inputs
 
-    assert inputs.MAX_INPUT_FILES <= 200_000 and inputs.MAX_INPUT_BYTES <= 4 << 30
+    assert inputs.MAX_INPUT_FILES <= 100_000 and inputs.MAX_INPUT_BYTES <= 4 << 30
     assert inputs.new_budget("x").max_members == inputs.MAX_INPUT_FILES
 
 
