@@ -546,7 +546,7 @@ def test_predict_flow_fetches_a_url_and_defaults_to_the_champion(prefect_engine,
         assert [h.status for h in srv.hits("batch.tar.gz")] == [503, 200]
         with pytest.raises(InputError, match=r"/nothing.zip: HTTP 404; check the URL \(it is not retried\)"):
             fetch_url(srv.url("nothing.zip"), photos / "downloads")  # ... a 4xx is not
-        with pytest.raises(InputError, match="more than 0 GiB; refused"):
+        with pytest.raises(InputError, match="more than 0 MiB; refused"):
             fetch_url(url, photos / "downloads", max_bytes=100)
         assert not list((photos / "downloads").glob("*.part"))  # nothing half-written is left
     assert summary["run_id"] == project["runs"]["fit"].run_id and summary["images"] == summary["scored"] == 3

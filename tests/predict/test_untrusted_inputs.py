@@ -29,12 +29,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_py(code: str, timeout: float = 30, limit: int = 1 << 30) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter under RLIMIT_AS ``limit``; prints its peak RSS last."""
+    """``code`` in a fresh interpreter under RLIMIT_AS ``limit``; prints its peak RSS last (VmHWM:
+    ru_maxrss would carry the forking pytest worker's peak across exec)."""
     body = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
     """) + textwrap.dedent(code) + textwrap.dedent("""
-        print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+        print("PEAK_MB", int(hwm.split()[1]) // 1024)
     """)
     return subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
