@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import signal
-import re
 import sys
 from typing import Any
 
@@ -27,9 +26,11 @@ if not any(os.environ.get(v) for v in HEARTBEAT_ENV):
 # --help and `cifar predict` start at once; the commands that run flows import Prefect themselves.
 from flows import interrupts  # noqa: E402
 from flows.config import DEFAULT_CONFIG, Settings, config_schema, load_settings, parse_set  # noqa: E402
+from flows.config_limits import is_pipeline_name  # noqa: E402
 from flows.failures import disk_fault, quiet_expected_tracebacks  # noqa: E402
 from flows.endpoint_cli import add_endpoint_parser, cmd_endpoint  # noqa: E402
 from flows.predict_cli import add_predict_parser, cmd_predict  # noqa: E402
+from flows.reports_server import port_number  # noqa: E402
 from tasks.core.errors import CifarError, ConfigError  # noqa: E402
 from tasks.download.errors import TransientDownloadError  # noqa: E402
 
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = sub.add_parser("reports", help="serve artifacts_dir read-only over HTTP on 127.0.0.1 (report "
                                        "links from Prefect's UI)")
-    cmd.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s)")
+    cmd.add_argument("--port", type=port_number, default=8765,
+                     help="port on 127.0.0.1, 0 to 65535 (0: any free port; default: %(default)s)")
     _common(cmd)
 
     cmd = sub.add_parser("runs", help="list registered runs (newest first)")
@@ -224,7 +226,7 @@ def _known_pipeline(settings: Settings, name: str) -> None:
     from tasks.core import runs
 
     on_disk = sorted(d.parent.name for d in settings.artifacts_dir.glob(f"*/{runs.RUNS}") if d.is_dir())
-    if name in settings.pipelines or (re.fullmatch(r"[\w-]+", name) and name in on_disk):
+    if name in settings.pipelines or (is_pipeline_name(name) and name in on_disk):
         return
     others = [n for n in on_disk if n not in settings.pipelines]
     raise ConfigError([f"no pipeline named {name!r}; pipelines in this file: {', '.join(settings.pipelines)}"

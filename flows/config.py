@@ -22,8 +22,12 @@ from pydantic import Field, StringConstraints, TypeAdapter, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails, from_json, to_json
 
-from tasks.core.errors import ConfigError
+from flows.config_limits import NAME_RULE, PIPELINE_NAME, limit_problems, top_limit_problems
 from flows.jobs import DeployConfig
+from tasks.core.errors import ConfigError
+from tasks.core.guards_files import NotRegularFileError, TooLargeError, read_regular
+from tasks.core.guards_yaml import MAX_BYTES as MAX_CONFIG_BYTES
+from tasks.core.guards_yaml import YamlLimitError, load_bounded
 from tasks.core.settings import SETTINGS
 from tasks.download.config import DatasetConfig
 from tasks.prepare.config import PrepareConfig
@@ -88,7 +92,7 @@ class PipelineConfig:
         return out
 
 
-PipelineName = Annotated[str, StringConstraints(pattern=r"^[\w-]+$")]
+PipelineName = Annotated[str, StringConstraints(pattern=PIPELINE_NAME)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +110,7 @@ class PipelinesFile:
         "locks in $CIFAR_SLOT_DIR (default <tmp>/cifar-slots) that die with their holder; null: 1"))] = None
     pipelines: Annotated[dict[PipelineName, PipelineConfig], Field(
         min_length=1, json_schema_extra={"additionalProperties": False},  # a name matches the pattern
-        description="pipeline name (letters, digits, - and _) -> what differs from the defaults")]
+        description="pipeline name (a letter or digit, then up to 63 of letters, digits, . _ -) -> what differs from the defaults")]
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,7 @@ def _message(error: ErrorDetails) -> str:
         valid = _non_null(_schema_at(loc[:-1])).get("properties", {})
         text = f"unknown key; valid keys here: {', '.join(valid)}"
     elif loc[-1:] == ("[key]",):
-        text = "a pipeline name uses letters, digits, - and _ only"
+        text = f"{NAME_RULE}; got {value!r}. Rename the pipeline"
     elif kind == "missing":
         text = f"required key is missing ({_describe(_schema_at(loc))})"
     elif kind == "literal_error":
@@ -313,8 +317,12 @@ def _check(raw: dict, schedules: bool = True) -> tuple[PipelinesFile | None, lis
     errors += type_errors
     found = [(e["loc"], _message(e)) for e in errors]
     if built is not None:
+        failed = [e["loc"] for e in errors]
         for name, pipeline in built.pipelines.items():
-            found += _cross_field(pipeline, ("pipelines", name), [e["loc"] for e in errors], schedules)
+            found += _cross_field(pipeline, ("pipelines", name), failed, schedules)
+            wrong = {".".join(map(str, loc[2:])) for loc in failed if loc[:2] == ("pipelines", name)}
+            found += [(("pipelines", name, key), text) for key, text in limit_problems(name, pipeline, wrong)]
+        found += [(("top",), text) for text in top_limit_problems(built)]
     found.sort(key=lambda item: rank.get(item[0][:2], -1))  # top-level first, then by pipeline
     return (None if errors else built), [text for _, text in found]
 
@@ -330,7 +338,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.epochs=1")
             continue
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key.strip()] = load_bounded(raw) if raw.strip() else ""
         except yaml.YAMLError:
             out[key.strip()] = raw
     if problems:
@@ -374,12 +382,20 @@ def _set_path(target: dict, path: list[str], dotted: str, value: Any, problems: 
 def _read(path: Path) -> dict:
     """The file as plain JSON data; ConfigError if it is missing, not YAML, or not a mapping."""
     src = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # a regular file (a FIFO or /dev/zero is refused unread), at most 1 MiB
+        text = read_regular(path, MAX_CONFIG_BYTES, follow_links=True, what="pipelines file").decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([f"file not found; pass --config FILE or create {path.name}"], src) from None
-    try:
-        raw = yaml.safe_load(text) or {}
+    except (NotRegularFileError, TooLargeError) as exc:
+        raise ConfigError([str(exc)], src) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"], src) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot be read ({exc.strerror or exc}); check its permissions"], src) from None
+    try:  # aliases, depth and duplicate keys bounded while it is read (tasks.core.guards_yaml)
+        raw = load_bounded(text) or {}
+    except YamlLimitError as exc:
+        raise ConfigError([f"refused: {exc}"], src) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], src) from None
     if not isinstance(raw, dict):

@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field
 
 from tasks.core.errors import ConfigError
+from tasks.core.guards_yaml import load_bounded
 from tasks.core.settings import SETTINGS
 
 
@@ -62,7 +63,7 @@ def parse_job_variables(items: list[str] | None) -> dict[str, Any]:
             out.setdefault("env", {})[key[4:]] = raw
             continue
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key] = load_bounded(raw) if raw.strip() else ""
         except yaml.YAMLError:
             out[key] = raw
     if problems:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,19 @@ def page_link(page: Path, artifacts_dir: Path, base: str | None) -> str:
     return f"{base}/{rel.as_posix()}" if base else page.as_uri()
 
 
+def check_output(output: Path) -> None:
+    """``output`` must be a folder, or not exist yet under a folder that can be written."""
+    from tasks.predict.errors import InputError
+
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output={output} is a file, not a folder; nothing was scored. Give a folder "
+                         "(it is created if missing), or remove the file.")
+    parent = next((p for p in (output, *output.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output={output}: {parent} cannot be written; nothing was scored. Choose a "
+                         "folder you can write to.")
+
+
 def publish_artifacts(pipeline: str, run_id: str, scores, page: Path, csv_path: Path,
                       artifacts_dir: Path | None = None) -> None:
     """A table artifact of the class counts and a link artifact to the page."""
@@ -102,7 +116,8 @@ def cifar_predict(
     from tasks.predict.tasks import fetch_input, score_images
     from tasks.predict.batch import CSV, PAGE, publish_copy
     from tasks.predict.engine import verified_file
-    from tasks.predict.fetch import is_url
+    from tasks.predict.fetch import is_url, remove_fetched
+    from tasks.predict.jobs import KEEP_SCORES, prune_scores
     from tasks.predict.inputs import describe_input
     from tasks.predict.resolve import SERVING_FILES, resolve_model
 
@@ -110,15 +125,23 @@ def cifar_predict(
     settings = load_settings(config, overrides or {})
     data_dir, artifacts_dir = str(settings.data_dir), settings.artifacts_dir
     log = get_logger()
+    if output:
+        check_output(Path(output))  # before any download or scoring, not after them
     model = resolve_model(artifacts_dir, pipeline, run)
     for name in SERVING_FILES:
         verified_file(model, name)  # a tampered model is refused even when the scores are cached
     log.info("model: %s run %s%s", model.pipeline, model.run_id, " (champion)" if model.champion else "")
 
+    inputs_dir = Path(data_dir) / "predict-inputs"
     with tags(f"pipeline:{model.pipeline}", "predict"):
         local = bind_local(fetch_input, data_dir)(input, data_dir) if is_url(input) else input
-        source = describe_input(local)
-        scores = bind_local(score_images, data_dir)(model, source, top_k, data_dir, input)
+        try:
+            source = describe_input(local)
+            scores = bind_local(score_images, data_dir)(model, source, top_k, data_dir, input)
+        finally:
+            if local != input:  # a downloaded input is not kept once scored (or refused)
+                remove_fetched(local, inputs_dir)
+        prune_scores(data_dir, keep=KEEP_SCORES, current=scores.key)
 
     out = Path(output) if output else default_output(artifacts_dir, model.pipeline, input, scores.key)
     files = publish_copy(Path(scores.path), out)

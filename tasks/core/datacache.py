@@ -26,6 +26,7 @@ import numpy as np
 
 from tasks.core import faults
 from tasks.core.files import atomic_write_json, read_json
+from tasks.core.guards_text import redact_record
 from tasks.core.hashing import hash_file, stable_hash
 
 FORMAT_VERSION = 2  # 2: the manifest checksums itself
@@ -111,7 +112,7 @@ def write_dataset_cache(
                 f.flush()
                 os.fsync(f.fileno())
             files[f"{name}.npy"] = hashing.sha256.hexdigest()  # hashed as written, not re-read
-        manifest = {
+        manifest = redact_record({  # no URL credentials recorded
             **meta,
             "format_version": FORMAT_VERSION,
             "fingerprint": out_dir.name,
@@ -119,7 +120,7 @@ def write_dataset_cache(
             "shapes": {name: list(arr.shape) for name, arr in arrays.items()},
             "counts": {"train": _counts(y_train, classes), "test": _counts(y_test, classes)},
             "files": files,
-        }
+        })
         manifest[SELF_CHECKSUM] = manifest_checksum(manifest)
         atomic_write_json(tmp / "manifest.json", manifest)
         faults.reached("decode.before-publish")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from tasks.core.guards_text import redact
+
 
 class CifarError(Exception):
     """An expected failure with a message meant for a person (bad input, bad download, ...).
 
-    The CLI prints the message without a traceback and exits with ``exit_code``.
+    The CLI prints the message without a traceback and exits with ``exit_code``. Credentials in
+    a URL of the message (``user:pw@``, signature-like query values) are masked here, once for
+    every error: a message reaches the terminal, the log and the flow run's state.
     """
 
     exit_code = 1
+
+    def __init__(self, *args):
+        if args and isinstance(args[0], str):
+            args = (redact(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(CifarError):

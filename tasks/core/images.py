@@ -22,6 +22,7 @@ What every caller gets:
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,7 +64,12 @@ class ImageInfo:
 
 
 def _unreadable(name: str, exc: BaseException) -> ImageDecodeError:
-    return ImageDecodeError(f"{name}: corrupt or unreadable image ({exc}); only PNG and JPEG "
+    # Pillow names the in-memory buffer ("cannot identify image file <_io.BytesIO object at
+    # 0x...>"): say what it means instead
+    why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)).strip() or type(exc).__name__
+    if why == "cannot identify image file":
+        why = "not a PNG or JPEG file"
+    return ImageDecodeError(f"{name}: corrupt or unreadable image ({why}); only PNG and JPEG "
                             "are read. Replace or remove the file.")
 
 

@@ -12,25 +12,24 @@ hashed in background threads (``tasks.download.inflate``) while the caller parse
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import io
-import lzma
 import os
-import stat
-import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from zlib import error as ZlibError
 
 from tasks.core.members import (  # the member checks, shared with the predict stage
+    MAX_HEADER_BYTES,  # noqa: F401  (re-exported: tests and bench read it here)
+    TAR_ERRORS,
     ExtractionBudget,
     UnsafeArchiveError,
-    regular_tar_member,
+    inflated,
     regular_zip_member,
+    tar_stream,
 )
+from tasks.core.guards_files import NotRegularFileError, TooLargeError, read_regular
 from tasks.download.errors import DatasetFormatError
 from tasks.download.inflate import CHUNK, InflatingReader
 
@@ -60,109 +59,19 @@ class _HashingReader(io.RawIOBase):
 
 
 # --------------------------------------------------------------------------- tar
-MAX_HEADER_BYTES = 1 << 20  # a GNU long name or pax header: real ones are a few hundred bytes
-_HEADER_TYPES = {tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link",
-                 tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global", tarfile.SOLARIS_XHDTYPE: "pax"}
-_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ZlibError, lzma.LZMAError)
-
-
-class _RefusedHeader(Exception):
-    """Raised inside tarfile's header parsing; the reader turns it into an UnsafeArchiveError."""
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads a long-name or pax header's body in one read: refuse one above
-    MAX_HEADER_BYTES while only its 512-byte block is read, and every GNU sparse form before
-    tarfile reads a sparse map of unbounded length."""
-
-    @classmethod
-    def frombuf(cls, buf, encoding, errors):
-        obj = super().frombuf(buf, encoding, errors)
-        if obj.type in _HEADER_TYPES and obj.size > MAX_HEADER_BYTES:
-            raise _RefusedHeader(f"a {_HEADER_TYPES[obj.type]} header of {obj.size:,} bytes (at most "
-                                 f"{MAX_HEADER_BYTES:,} are read)")
-        if obj.type == tarfile.GNUTYPE_SPARSE:
-            raise _RefusedHeader(f"member {obj.name!r} is a GNU sparse file")
-        return obj
-
-    @staticmethod
-    def _sparse(next, pax_headers, form: str) -> _RefusedHeader:
-        name = pax_headers.get("GNU.sparse.name", next.name)
-        return _RefusedHeader(f"member {name!r} is a GNU sparse file (pax {form})")
-
-    def _proc_gnusparse_00(self, next, pax_headers, *args):  # tarfile's hooks for pax sparse maps
-        raise self._sparse(next, pax_headers, "0.0")
-
-    def _proc_gnusparse_01(self, next, pax_headers, *args):
-        raise self._sparse(next, pax_headers, "0.1")
-
-    def _proc_gnusparse_10(self, next, pax_headers, *args):
-        raise self._sparse(next, pax_headers, "1.0")
-
-
-def _unsafe_header(where: str, exc: _RefusedHeader) -> UnsafeArchiveError:
-    return UnsafeArchiveError(f"{where}: {exc}; refused as damaged or hostile before reading it. "
-                              "Nothing was extracted: rebuild the archive with a plain tar.")
-
-
-def _open_tar(fileobj, where: str, mode: str) -> tarfile.TarFile:
-    try:  # default 10 KiB blocks: a bigger bufsize makes each small read copy the rest of the
-        # buffer (60,000 JPEG members: 3x slower)
-        return tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_BoundedTarInfo)
-    except _RefusedHeader as exc:
-        raise _unsafe_header(where, exc) from None
-    except _TAR_ERRORS as exc:
-        raise DatasetFormatError(f"{where} is not a readable tar archive: {exc}") from exc
-
-
 def _tar_members(fileobj, where: str, wanted: Wanted, budget: ExtractionBudget,
-                 dirs: set[str] | None, mode: str) -> Members:
-    """Every byte of the tar stream is charged to ``budget`` before a member's data is read: its
-    headers here, its data by ``regular_tar_member``. tarfile's list of members is emptied as it
-    goes (a streaming read never looks back), so a million tiny members cost no memory."""
-    with _open_tar(fileobj, where, mode) as tf:
-        charged = 0  # stream offset up to which the budget was charged
-        try:
-            while (m := tf.next()) is not None:
-                tf.members.clear()
-                _take_headers(budget, m.offset_data - charged, m.name)
-                charged = m.offset_data + (m.size if m.isreg() else 0)
-                name = regular_tar_member(m, where, budget, dirs)
-                if m.issparse():
-                    raise UnsafeArchiveError(f"{where}: member {m.name!r} is a sparse file; refused.")
-                if name is not None and wanted(name):
-                    data = tf.extractfile(m).read()
-                    if len(data) != m.size:
-                        raise DatasetFormatError(f"{where}: member {name!r} is truncated "
-                                                 f"({len(data):,} of {m.size:,} bytes)")
-                    yield name, data
-        except _RefusedHeader as exc:
-            raise _unsafe_header(where, exc) from None
-        except _TAR_ERRORS as exc:
-            raise DatasetFormatError(f"{where}: the archive is corrupt or truncated ({exc})") from exc
-
-
-def _take_headers(budget: ExtractionBudget, n: int, name: str) -> None:
-    """Charge a member's headers (its 512-byte block, long names, pax records, padding)."""
-    if n > budget.left:
-        raise UnsafeArchiveError(
-            f"{budget.where}: members add up to more than {budget.max / 2**20:,.0f} MiB (at {name!r}, "
-            "headers included); refused as a possible archive bomb. Raise dataset.max_extract_mb "
-            "if it is genuine.")
-    budget.take(n, name)
-
-
-def _inflated(f: io.BufferedReader):
-    """The tar stream inside ``f``, gzip, bzip2 and xz inflated a bounded read at a time
-    (tarfile's own ``r|*`` inflates a whole 10 KiB block at once: gigabytes for a bzip2 bomb)."""
-    magic = f.peek(6)[:6]
-    if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    if magic[:3] == b"BZh":
-        return bz2.BZ2File(f, "rb")
-    if magic == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(f, "rb")
-    return f
+                 dirs: set[str] | None, mode: str = "r|") -> Members:
+    """The wanted members' bytes, read with the shared stream checks (``core.members.tar_stream``)."""
+    for tf, m, name in tar_stream(fileobj, where, budget, dirs, DatasetFormatError):
+        if wanted(name):
+            try:
+                data = tf.extractfile(m).read()
+            except TAR_ERRORS as exc:
+                raise DatasetFormatError(f"{where}: the archive is corrupt or truncated ({exc})") from exc
+            if len(data) != m.size:
+                raise DatasetFormatError(f"{where}: member {name!r} is truncated "
+                                         f"({len(data):,} of {m.size:,} bytes)")
+            yield name, data
 
 
 def _budget(max_bytes: int | ExtractionBudget, where: str) -> ExtractionBudget:
@@ -181,7 +90,7 @@ def iter_tar(path: str | os.PathLike, wanted: Wanted, max_bytes: int | Extractio
     with open(path, "rb") as raw:
         reader = _HashingReader(raw)
         buffered = io.BufferedReader(reader, CHUNK)
-        yield from _tar_members(_inflated(buffered), where, wanted, _budget(max_bytes, where), dirs, "r|")
+        yield from _tar_members(inflated(buffered), where, wanted, _budget(max_bytes, where), dirs, "r|")
         if digest is not None:
             digest.append(reader.finish())  # what `buffered` read ahead was hashed as it came in
 
@@ -281,14 +190,16 @@ def _folder_file(root: Path, p: Path, wanted: Wanted, budget: ExtractionBudget) 
     rel = p.relative_to(root).as_posix()
     if not wanted(rel):
         return
-    try:
-        st = p.lstat()
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeArchiveError(f"{p} is a link or special file; refused (copy the image in instead)")
-        budget.take(st.st_size, rel)
-        data = p.read_bytes()
+    budget.count(rel)
+    try:  # regular files only, opened without following a link or blocking on a FIFO
+        data = read_regular(p, max(budget.left, 0), what="dataset's files in all")
+    except NotRegularFileError as exc:
+        raise UnsafeArchiveError(f"{exc} (copy the image in instead)") from None
+    except TooLargeError:
+        budget.take(budget.left + 1, rel)  # refuses, naming the budget and its remedy
+        raise
     except OSError as exc:
         raise DatasetFormatError(f"{p} cannot be read ({exc.strerror or exc}); fix its permissions "
                                  "or remove it") from exc
-    budget.take(len(data) - st.st_size, rel)  # a file that grew while it was read
+    budget.take(len(data), rel)
     yield rel, data

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.files import atomic_write_json, file_lock, read_json
+from tasks.core.guards_text import redact_url
 from tasks.core.hashing import FileDigest, closure_fingerprint, hash_file, hash_tree, tree_files
 from tasks.download.config import (
     DatasetConfig,
@@ -168,7 +169,7 @@ def _fetch_http(url: str, cfg: DatasetConfig, data_dir: str | os.PathLike) -> Ar
         os.replace(part, final)
         st = final.stat()
         atomic_write_json(_sidecar(final), {"sha256": actual.sha256, "md5": actual.md5, "size": actual.size,
-                                            "mtime_ns": st.st_mtime_ns, "source": url})
+                                            "mtime_ns": st.st_mtime_ns, "source": redact_url(url)})
         log.info(f"verified {final.name}: {actual.size / 1e6:,.1f} MB in {time.monotonic() - t0:.1f} s")
         return ArchiveRecord(str(final), actual.sha256, actual.size, url)
 

@@ -106,11 +106,33 @@ def python_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(d["data"])
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
         raise DatasetFormatError(f"{where}: 'data' is {x.dtype} {x.shape}, expected uint8 (N, 3072)")
-    labels = np.asarray(d["labels"])
-    if labels.shape != (x.shape[0],) or labels.size and (labels.min() < 0):
+    labels = integer_labels(d["labels"], len(CIFAR10_CLASSES), where)
+    if labels.shape != (x.shape[0],):
         raise DatasetFormatError(f"{where}: {labels.shape[0]} labels for {x.shape[0]} images")
-    _refuse_out_of_range_labels(labels, len(CIFAR10_CLASSES), where)
     return x, labels.astype(np.uint8)
+
+
+def integer_labels(raw: Any, num_classes: int, where: str) -> np.ndarray:
+    """``raw`` (a batch's ``labels``) as int64, every one an integer in 0..num_classes-1; else a
+    DatasetFormatError naming the record and its value (None, "x", NaN, a dict, 0.9: a float is
+    never rounded into a class)."""
+    if isinstance(raw, np.ndarray):
+        if raw.ndim != 1 or raw.dtype.kind not in "iu":
+            raise DatasetFormatError(f"{where}: 'labels' is a {raw.dtype} array of shape {raw.shape}; "
+                                     f"expected a list of integers 0..{num_classes - 1}")
+        values = raw.tolist()
+    elif isinstance(raw, (list, tuple)):
+        values = raw
+    else:
+        raise DatasetFormatError(f"{where}: 'labels' is {type(raw).__name__}, expected a list of "
+                                 f"integers 0..{num_classes - 1}")
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < num_classes:
+            shown = repr(v)[:60]
+            raise DatasetFormatError(f"{where}: record {i} has label {shown}, not an integer within "
+                                     f"0..{num_classes - 1} ({num_classes} classes); the archive is "
+                                     "damaged or not CIFAR-10: download the official one.")
+    return np.asarray(values, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- the archive

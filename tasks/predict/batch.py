@@ -22,6 +22,7 @@ from tasks.core.files import (
     fsync_tree,
     read_json,
 )
+from tasks.core.guards_text import csv_cell
 from tasks.core.hashing import hash_file
 from tasks.predict.imaging import png_data_uri
 from tasks.predict.scoring import Failure, Prediction
@@ -35,12 +36,14 @@ CSV_COLUMNS = ("file", "class", "probability", "top_k", "error", "pipeline", "ru
 
 def csv_row(item: Prediction | Failure, title: dict[str, Any] | None = None) -> dict[str, str]:
     """``top_k`` is ``class:probability`` pairs joined by ``;``, best first; every row names the
-    pipeline, run and model sha256 that answered (from ``title``)."""
-    who = {k: str((title or {}).get(k) or "") for k in ("pipeline", "run_id", "model_sha256")}
+    pipeline, run and model sha256 that answered (from ``title``). Text cells pass ``csv_cell``:
+    a name such as ``=HYPERLINK(...)`` or ``+cmd|...`` is text, never a formula."""
+    who = {k: csv_cell(str((title or {}).get(k) or "")) for k in ("pipeline", "run_id", "model_sha256")}
     if isinstance(item, Failure):
-        return {"file": item.name, "class": "", "probability": "", "top_k": "", "error": item.error, **who}
-    return {"file": item.name, "class": item.label, "probability": f"{item.probability:.6f}",
-            "top_k": ";".join(f"{c}:{p:.6f}" for c, p in item.top), "error": "", **who}
+        return {"file": csv_cell(item.name), "class": "", "probability": "", "top_k": "",
+                "error": csv_cell(item.error), **who}
+    return {"file": csv_cell(item.name), "class": csv_cell(item.label), "probability": f"{item.probability:.6f}",
+            "top_k": csv_cell(";".join(f"{c}:{p:.6f}" for c, p in item.top)), "error": "", **who}
 
 
 def render_page(context: dict[str, Any]) -> str:

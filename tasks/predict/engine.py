@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.core.guards_text import escape
 from tasks.core.hashing import hash_file
 from tasks.predict.errors import ModelFileError
 from tasks.predict.resolve import ModelRef
@@ -73,7 +74,8 @@ class Scorer:
 
     def __init__(self, ref: ModelRef, threads: int | None = None, quiet: bool = True):
         self.ref = ref
-        self.classes: list[str] = json.loads(verified_file(ref, "classes.json").read_text(encoding="utf-8"))
+        classes_file = verified_file(ref, "classes.json")
+        self.classes: list[str] = read_classes(classes_file)
         model = verified_file(ref, "model.tflite")
         interpreter = _interpreter_class()(model_path=str(model), num_threads=threads or os.cpu_count() or 1)
         self._runner = interpreter.get_signature_runner(SIGNATURE)
@@ -82,10 +84,46 @@ class Scorer:
         # The first run sets up the CPU delegate. ``quiet`` hides its line by pointing file
         # descriptor 2 at /dev/null meanwhile: not in a service, whose other threads log there.
         with _quiet_native_stderr() if quiet else contextlib.nullcontext():
-            self.probabilities(np.zeros((1, *self.input_shape), np.uint8))
+            out = self._run(np.zeros((1, *self.input_shape), np.uint8))
+        if out.shape[-1] != len(self.classes):
+            raise ModelFileError(
+                f"{classes_file} names {len(self.classes)} classes but {model} has {out.shape[-1]} "
+                f"outputs; the two files are not from one run. To resolve this: restore the run "
+                f"folder, or choose another run with --run.")
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        out = self._runner(**{INPUT: np.ascontiguousarray(x, dtype=np.uint8)})
+        return np.asarray(out["probabilities"], dtype=np.float32)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         if not len(x):
             return np.zeros((0, len(self.classes)), np.float32)
-        out = self._runner(**{INPUT: np.ascontiguousarray(x, dtype=np.uint8)})
-        return np.asarray(out["probabilities"], dtype=np.float32)
+        return self._run(x)
+
+
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME = 200  # characters
+
+
+def read_classes(path: Path) -> list[str]:
+    """classes.json: a list of distinct, non-empty names without control characters (they are
+    printed and written into CSV files); ModelFileError naming the file and the bad value."""
+    def bad(what: str) -> ModelFileError:
+        return ModelFileError(f"{path}: {what}; classes.json must be a JSON list of distinct class names. "
+                              "To resolve this: restore the run folder, or choose another run with --run.")
+
+    try:
+        names = json.loads(path.read_bytes()[: 64 << 20].decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"not valid UTF-8 JSON ({str(exc)[:100]})") from None
+    if not isinstance(names, list) or not 1 <= len(names) <= MAX_CLASSES:
+        raise bad(f"expected a list of 1 to {MAX_CLASSES:,} names, got {type(names).__name__}"
+                  + (f" of {len(names):,}" if isinstance(names, list) else ""))
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name or len(name) > MAX_CLASS_NAME or escape(name) != name:
+            raise bad(f"entry {i} is {escape(repr(name))[:80]}, not a name of 1 to {MAX_CLASS_NAME} "
+                      "printable characters")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise bad(f"{dup!r} is listed twice")
+    return names

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.files import file_lock
+from tasks.core.guards_text import escape
 from tasks.core.hashing import closure_fingerprint, stable_hash
 from tasks.core.logs import get_logger
 from tasks.predict import batch, scoring
@@ -43,6 +44,7 @@ def relative_name(name: str, root: str) -> str:
 
 
 def _named_within(items: Iterable, root: str) -> Iterator:
+    root = escape(root)  # the items' names were escaped when scored
     for item in items:
         yield dataclasses.replace(item, name=relative_name(item.name, root))
 
@@ -101,3 +103,29 @@ def score_input(model: ModelRef, source: InputRecord, top_k: int, data_dir: str 
     for failure in manifest["failures"][:20]:
         log.warning("skipped %s", failure["error"])
     return _record(key, folder, manifest)
+
+
+KEEP_SCORES = 50  # scoring folders kept in <data_dir>/predictions (the newest; outputs are copied out)
+
+
+def prune_scores(data_dir: str | os.PathLike, keep: int = KEEP_SCORES, current: str | None = None) -> list[str]:
+    """Remove all but the ``keep`` newest scoring folders (never ``current``), and the leftovers
+    of interrupted ones (``.<key>.tmp-<pid>`` older than a day); returns the keys removed. A pruned
+    key is scored again when asked for (its files are gone, so the cache record is not trusted)."""
+    import shutil
+    import time
+
+    root = Path(data_dir) / "predictions"
+    if not root.is_dir():
+        return []
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for p in folders[keep:]:
+        if p.name != current:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    for p in root.glob(".*.tmp-*"):
+        if p.is_dir() and time.time() - p.stat().st_mtime > 86_400:
+            shutil.rmtree(p, ignore_errors=True)
+    return removed

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.errors import CifarError
+from tasks.core.guards_text import escape
 from tasks.predict.imaging import decode_photo, to_model_input
 from tasks.predict.inputs import Source
 
@@ -51,12 +52,14 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[tuple[str, floa
 
 
 def _prepare(src: Source, shape: tuple[int, int, int]) -> np.ndarray | Failure:
+    """The model's input, or a Failure whose name and message are escaped (``escape``: no
+    control character or undecodable byte of a file name reaches a terminal, CSV or page)."""
     if src.error is not None:
-        return Failure(src.name, src.error)
+        return Failure(escape(src.name), escape(src.error))
     try:
         return to_model_input(decode_photo(src.name, src.data), shape)
     except CifarError as exc:  # the decoder's ImageDecodeError names the file
-        return Failure(src.name, str(exc))
+        return Failure(escape(src.name), escape(str(exc)))
 
 
 class Progress:
@@ -80,13 +83,13 @@ def _flush(scorer, pending: list, k: int, keep_pixels: bool) -> Iterator[Predict
     images = [p for _, p in pending if not isinstance(p, Failure)]
     probs = scorer.probabilities(np.stack(images)) if images else None
     row = 0
-    for src, prepared in pending:
+    for name, prepared in pending:
         if isinstance(prepared, Failure):
             yield prepared
             continue
         p = probs[row]
         row += 1
-        yield Prediction(src.name, top_k(p, scorer.classes, k), int(p.argmax()),
+        yield Prediction(name, top_k(p, scorer.classes, k), int(p.argmax()),
                          prepared if keep_pixels else None)
 
 
@@ -94,12 +97,13 @@ def predict_sources(scorer, sources: Iterable[Source], k: int = 3, batch: int = 
                     progress: Callable[[str], None] | None = None,
                     keep_pixels: bool = False) -> Iterator[Prediction | Failure]:
     """Every source scored by ``scorer`` (``tasks.predict.engine.Scorer``), in input order."""
-    pending: list[tuple[Source, Any]] = []
-    meter = Progress(progress)
+    pending: list[tuple[str, Any]] = []  # names and model inputs only: a file's bytes are dropped
+    meter = Progress(progress)  # once decoded (256 raw files held at once: 2 GB of zero-filled PNGs)
     scored = 0
     for src in sources:
         prepared = _prepare(src, scorer.input_shape)
-        pending.append((src, prepared))
+        pending.append((escape(src.name), prepared))
+        del src
         scored += not isinstance(prepared, Failure)
         if len(pending) >= batch:
             yield from _flush(scorer, pending, k, keep_pixels)

@@ -19,6 +19,7 @@ import numpy as np
 from tasks.core import runs
 from tasks.core.datacache import DatasetRecord
 from tasks.core.files import atomic_write_json, atomic_write_text
+from tasks.core.guards_text import redact_record
 from tasks.core.hashing import hash_file, hash_tree, stable_hash, to_jsonable
 from tasks.core.records import ValidationRecord
 from tasks.store import export
@@ -119,7 +120,7 @@ def run_metadata(*, pipeline: PipelineSettings, run_id: str, created: datetime, 
 
     ``data``: the opened dataset cache (manifest, classes)."""
     manifest = data.manifest
-    return {
+    return redact_record({  # URL credentials and deploy.env values never recorded
         "pipeline": pipeline.name,
         "run_id": run_id,
         "created_at": created.isoformat(timespec="microseconds"),
@@ -145,4 +146,4 @@ def run_metadata(*, pipeline: PipelineSettings, run_id: str, created: datetime, 
         "training": train_json,
         "serving": serving,
         "files": files,
-    }
+    })

@@ -266,7 +266,8 @@ def test_a_pipeline_is_named_by_its_key(tmp_path):
     """)
     got = problems(p)
     assert got[0].startswith("pipelines.a.name: unknown key; valid keys here: description, expect")
-    assert "pipelines.two words: a pipeline name uses letters, digits, - and _ only" in got
+    assert ("pipelines.two words: a pipeline name is a portable file name: a letter or digit, then at most "
+            "63 letters, digits, '.', '_' or '-'; got 'two words'. Rename the pipeline") in got
     assert "pipelines.ok-name_2.schedule.cron: required key is missing (a string)" in got
     assert "pipelines.ok-name_2.schedule.cronn: unknown key; valid keys here: cron, timezone, retrain" in got
     assert len(got) == 4, got

@@ -569,7 +569,7 @@ def test_predict_flow_fetches_a_url_and_defaults_to_the_champion(prefect_engine,
         assert [h.status for h in srv.hits("batch.tar.gz")] == [503, 200]
         with pytest.raises(InputError, match=r"/nothing.zip: HTTP 404; check the URL \(it is not retried\)"):
             fetch_url(srv.url("nothing.zip"), photos / "downloads")  # ... a 4xx is not
-        with pytest.raises(InputError, match="more than 0 GiB; refused"):
+        with pytest.raises(InputError, match="more than 0 MiB; refused"):
             fetch_url(url, photos / "downloads", max_bytes=100)
         assert not list((photos / "downloads").glob("*.part"))  # nothing half-written is left
     assert summary["run_id"] == project["runs"]["fit"].run_id and summary["images"] == summary["scored"] == 3
@@ -580,3 +580,69 @@ def test_predict_flow_fetches_a_url_and_defaults_to_the_champion(prefect_engine,
     assert [r.split(",")[0] for r in rows] == [f"batch/img{i}.png" for i in range(3)]  # names within the input
     recorded = np.load(Path(project["runs"]["fit"].path) / "predictions.npz")
     assert [r.split(",")[1] for r in rows] == [CLASSES[i] for i in recorded["y_pred"][:3]]
+
+
+# --------------------------------------------------------------------------- issue 29
+def _with_classes(project, folder: Path, classes) -> Path:
+    """A copy of the project whose latest run's classes.json holds ``classes`` (its sha256 in
+    metadata.json updated: the file is consistent with its record, but not with the model)."""
+    copy = _without_a_champion(project, folder)
+    run = copy / "artifacts" / "tiny" / "runs" / project["runs"]["frog"].run_id
+    (run / "classes.json").write_text(json.dumps(classes))
+    meta = json.loads((run / "metadata.json").read_text())
+    meta["files"]["classes.json"] = hash_file(run / "classes.json").sha256
+    (run / "metadata.json").write_text(json.dumps(meta))
+    return run / "classes.json"
+
+
+@pytest.mark.parametrize("classes, words", [
+    (["cat", "dog"], "names 2 classes but"),
+    ({"0": "cat"}, "expected a list of 1 to 100,000 names, got dict"),
+    (["cat", "cat", "frog"], "'cat' is listed twice"),
+    (["cat", None, "frog"], "entry 1 is None"),
+    (["cat", "\x1b[31mdog", "frog"], "entry 1 is '\\x1b[31mdog'"),
+])
+def test_classes_json_is_checked_against_the_model(project, photos, tmp_path, classes, words):
+    path = _with_classes(project, tmp_path / "copy", classes)
+    r = cifar_predict({"root": path.parents[4]}, photos / "folder" / "test0.png", "--run", "latest")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"error: {path}" in r.stderr and words in r.stderr
+
+
+def test_a_batch_keeps_model_inputs_not_file_bytes(project):
+    """256 files of 2 MiB each (not images): once decoded or refused, a file's bytes are gone;
+    before, a batch held all 256 (512 MiB here; 2.0 GB for the issue's 8 MiB files)."""
+    import tracemalloc
+
+    from tasks.predict.engine import Scorer
+    from tasks.predict.inputs import Source
+    from tasks.predict.resolve import resolve_model
+    from tasks.predict.scoring import predict_sources
+
+    scorer = Scorer(resolve_model(project["root"] / "artifacts", "tiny", "latest"))
+    files = (Source(f"zero{i}.png", bytes(2 << 20)) for i in range(256))
+    tracemalloc.start()
+    items = list(predict_sources(scorer, files, 1))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(items) == 256 and all(hasattr(i, "error") for i in items)
+    assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_hostile_names_and_fifos_through_cifar_predict(project, photos, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = (photos / "folder" / "test0.png").read_bytes()
+    (folder / "ok.png\rcat 0.999.png").write_bytes(img)
+    (folder / "=HYPERLINK(1).png").write_bytes(img)
+    (folder / os.fsdecode(b"caf\xe9.png")).write_bytes(img)
+    os.mkfifo(folder / "pipe.png")
+    r = cifar_predict(project, folder, "--run", "latest", "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "\r" not in r.stdout and "\r" not in r.stderr
+    records = json.loads(r.stdout)
+    names = [rec["file"] for rec in records]
+    assert f"{folder}/ok.png\\x0dcat 0.999.png" in names and f"{folder}/caf\\xe9.png" in names
+    assert f"{folder}/pipe.png is a FIFO (named pipe), not a regular file; skipped" in r.stderr
+    r = cifar_predict(project, folder / "=HYPERLINK(1).png", "--run", "latest")
+    assert r.stdout.startswith(f"{folder}/=HYPERLINK(1).png  frog")
