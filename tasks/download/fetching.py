@@ -49,7 +49,10 @@ class ArchiveRecord:
     path: str  # the verified archive (or the user's local file/folder, used in place)
     sha256: str  # of the file; for a folder, of its file tree (names + contents)
     size: int
-    source: str  # the URL or path it came from
+    source: str  # the URL or path it came from, its secrets redacted (the record is cached by Prefect)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", redact_url(self.source) if self.source else self.source)
 
 
 def final_path(cfg: DatasetConfig, data_dir: str | os.PathLike) -> Path | None:

@@ -318,3 +318,14 @@ def test_the_dataset_cache_records_no_credentials(tmp_path):
     text = (out / "manifest.json").read_text()
     assert "pw@" not in text and "t0k" not in text and "http://***@h/d.tgz?token=***" in text
     load_dataset(out)  # the manifest's own checksum still holds
+
+
+def test_the_archive_record_prefect_caches_holds_no_credentials():
+    # the fetch task's result is pickled into Prefect's cache records (data/prefect/): its source
+    # is redacted when the record is made, a local path kept as it is
+    from tasks.download.fetching import ArchiveRecord
+
+    url = "https://user:pw@example.org/c.tar.gz?X-Amz-Signature=abc&x=1"
+    record = ArchiveRecord("/data/c.tar.gz", "ab" * 32, 1, url)
+    assert "pw" not in record.source and "abc" not in record.source and record.source.endswith("&x=1")
+    assert ArchiveRecord("/data/c.tar.gz", "ab" * 32, 1, "/home/me/c.tar.gz").source == "/home/me/c.tar.gz"
