@@ -11,16 +11,36 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import runs
+from tasks.core.numbers import pct, pp
 from tasks.core.registry import champion_entry
 from tasks.store.config import PromoteConfig
 
 _TOL = 1e-12  # float slack when comparing an improvement with min_delta
 
 
-def _fmt(v: float) -> str:
+def _plain(v: float) -> str:
     """0.712 -> '0.712', 0.70125 -> '0.7013', 0.5 -> '0.500' (at least 3, at most 4 decimals)."""
     s = f"{v:.4f}"
     return s[:-1] if s.endswith("0") else s
+
+
+def _share(metric: str) -> bool:
+    return "accuracy" in metric
+
+
+def _fmt(v: float, metric: str) -> str:
+    """A value of ``metric``: a share of images in the one format (``core.numbers.pct``), a loss plain."""
+    return pct(v) if _share(metric) else _plain(v)
+
+
+def _by(delta: float, metric: str) -> str:
+    """A difference of two values of ``metric``: percentage points for a share, else plain."""
+    return pp(delta).lstrip("+") if _share(metric) else _plain(delta)
+
+
+def _min_delta(cfg: PromoteConfig) -> str:
+    points = f" ({pp(cfg.min_delta).lstrip('+')})" if _share(cfg.metric) else ""
+    return f"min_delta {cfg.min_delta:g}{points}"
 
 
 def decide_promotion(
@@ -80,7 +100,7 @@ def decide_promotion(
     rescored = champion.get("rescored") or {}
     if rescored:  # both numbers: on this run's test images, and the one it was promoted with
         out["champion_rescored"] = rescored
-    on = (f" on the new test split ({rescored['images']:,} images; {_fmt(float(rescored['recorded']))} "
+    on = (f" on the new test split ({rescored['images']:,} images; {_fmt(float(rescored['recorded']), metric)} "
           "on its own)") if rescored.get("recorded") is not None else ""
     better = "higher" if cfg.direction == "max" else "lower"
     if cfg.min_delta > 0:
@@ -89,14 +109,14 @@ def decide_promotion(
         promoted = delta > _TOL
     if promoted:
         reason = (
-            f"{metric} {_fmt(value)} beats champion {_fmt(champ)}{on} by {_fmt(delta)} "
-            f">= min_delta {cfg.min_delta:g} ({better} is better)"
+            f"{metric} {_fmt(value, metric)} beats champion {_fmt(champ, metric)}{on} by {_by(delta, metric)} "
+            f">= {_min_delta(cfg)} ({better} is better)"
         )
     else:
-        need = f"by min_delta {cfg.min_delta:g}" if cfg.min_delta > 0 else "(a tie is not enough)"
+        need = f"by {_min_delta(cfg)}" if cfg.min_delta > 0 else "(a tie is not enough)"
         reason = (
-            f"{metric} {_fmt(value)} does not beat champion {_fmt(champ)}{on} {need} "
-            f"(improvement {_fmt(delta)}, {better} is better): kept as a run, champion stays {champion['run_id']}"
+            f"{metric} {_fmt(value, metric)} does not beat champion {_fmt(champ, metric)}{on} {need} "
+            f"(improvement {_by(delta, metric)}, {better} is better): kept as a run, champion stays {champion['run_id']}"
         )
     return {**out, "promoted": bool(promoted), "reason": lead + reason}
 
@@ -131,12 +151,12 @@ def floor_problem(value: float | None, cfg: PromoteConfig, n_classes: int) -> st
     else:
         level = chance(cfg.metric, n_classes)
         ok = value > level + _TOL if max_ else value < level - _TOL
-        floor = (f"chance ({_fmt(level)} for {n_classes} classes; set promote.min_value for another floor)")
+        floor = (f"chance ({_fmt(level, cfg.metric)} for {n_classes} classes; set promote.min_value for another floor)")
     if ok:
         return None
     word = "below" if max_ else "above"
-    return (f"{cfg.metric} {_fmt(value)} does not reach the floor: it is {word} or at {floor}" if
-            cfg.min_value is None else f"{cfg.metric} {_fmt(value)} is {word} the floor {floor}")
+    return (f"{cfg.metric} {_fmt(value, cfg.metric)} does not reach the floor: it is {word} or at {floor}" if
+            cfg.min_value is None else f"{cfg.metric} {_fmt(value, cfg.metric)} is {word} the floor {floor}")
 
 
 def held_by_hand(cfg: PromoteConfig, pipeline: str, run_id: str) -> str | None:

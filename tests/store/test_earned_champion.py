@@ -164,8 +164,8 @@ def test_a_first_run_under_the_floor_is_kept_but_never_promoted(models, tmp_path
     art = tmp_path / "artifacts"
     weak = store_trained(art, models.ds, models.c2, min_value=None)  # 0.2 on 3 classes: chance is 1/3
     assert not weak.promoted
-    assert weak.reason.startswith("test_accuracy 0.200 does not reach the floor: it is below or at chance "
-                                  "(0.3333 for 3 classes"), weak.reason
+    assert weak.reason.startswith("test_accuracy 20.00% does not reach the floor: it is below or at chance "
+                                  "(33.33% for 3 classes"), weak.reason
     assert "kept as a run, never promoted" in weak.reason
     assert _champion(art, "tiny") is None and [r["run_id"] for r in layout.list_runs(art)] == [weak.run_id]
 

@@ -104,13 +104,13 @@ def test_first_run_is_promoted():
 def test_promotion_needs_min_delta_over_the_champion():
     better = decide_promotion(0.712, CHAMP, {"run_id": "p", "value": 0.69}, CFG)
     assert better["promoted"]
-    assert better["reason"].startswith("test_accuracy 0.712 beats champion 0.701 by 0.011 >= min_delta 0.002")
+    assert better["reason"].startswith("test_accuracy 71.20% beats champion 70.10% by 1.10 pp >= min_delta 0.002 (0.20 pp)")
     assert (better["champion_before"], better["champion_value"], better["previous_run"]) == (CHAMP["run_id"], 0.701, "p")
     # exactly min_delta better (0.703 - 0.701 is 0.00199999... in floats) counts
     assert decide_promotion(0.703, CHAMP, None, CFG)["promoted"]
     worse = decide_promotion(0.7025, CHAMP, None, CFG)
     assert not worse["promoted"]
-    assert "does not beat champion 0.701 by min_delta 0.002" in worse["reason"]
+    assert "does not beat champion 70.10% by min_delta 0.002 (0.20 pp)" in worse["reason"]
     assert worse["reason"].endswith(f"kept as a run, champion stays {CHAMP['run_id']}")
 
 
@@ -141,10 +141,10 @@ def test_the_promotion_reason_gives_both_numbers_of_a_rescored_champion():
              "rescored": {"recorded": 0.5, "value": 0.4, "images": 60, "metric": "test_accuracy"}}
     won = decide_promotion(0.45, champ, None, PromoteConfig())
     assert won["promoted"] and won["reason"].startswith(
-        "test_accuracy 0.450 beats champion 0.400 on the new test split (60 images; 0.500 on its own) by 0.050")
+        "test_accuracy 45.00% beats champion 40.00% on the new test split (60 images; 50.00% on its own) by 5.00 pp")
     assert won["champion_rescored"]["recorded"] == 0.5
     lost = decide_promotion(0.35, champ, None, PromoteConfig())
-    assert not lost["promoted"] and "champion 0.400 on the new test split (60 images; 0.500 on its own)" in lost["reason"]
+    assert not lost["promoted"] and "champion 40.00% on the new test split (60 images; 50.00% on its own)" in lost["reason"]
     plain = decide_promotion(0.45, {"run_id": "R1", "metric": "test_accuracy", "value": 0.4}, None, PromoteConfig())
     assert "new test split" not in plain["reason"] and "champion_rescored" not in plain
 
@@ -280,7 +280,7 @@ def test_the_first_run_is_promoted_as_the_first(sequence):
 def test_a_worse_run_is_kept_and_the_champion_stays(sequence):
     first, worse = sequence.first, sequence.worse
     assert worse.test_accuracy == 0.2 and not worse.promoted
-    assert worse.reason.startswith("test_accuracy 0.200 does not beat champion 0.300 by min_delta 0.002")
+    assert worse.reason.startswith("test_accuracy 20.00% does not beat champion 30.00% by min_delta 0.002 (0.20 pp)")
     assert worse.reason.endswith(f"champion stays {first.run_id}")
     meta = sequence.worse_meta
     assert meta["promotion"]["reason"] == worse.reason and meta["promotion"]["champion_before"] == first.run_id
@@ -290,7 +290,7 @@ def test_a_worse_run_is_kept_and_the_champion_stays(sequence):
 def test_a_better_run_takes_over(sequence):
     better, registry = sequence.better, sequence.registry_after_better
     assert better.promoted
-    assert better.reason.startswith("test_accuracy 0.500 beats champion 0.300 by 0.200 >= min_delta 0.002")
+    assert better.reason.startswith("test_accuracy 50.00% beats champion 30.00% by 20.00 pp >= min_delta 0.002 (0.20 pp)")
     assert registry["champion"]["run_id"] == better.run_id and registry["champion"]["value"] == 0.5
     assert registry["champion"]["reason"] == better.reason
 
