@@ -81,6 +81,8 @@ class _QuietImport(importlib.abc.MetaPathFinder):
         sys.meta_path.remove(self)  # once: the real finders do the import below
         with held_stderr():
             module = importlib.import_module("tensorflow")
+            # cuInit runs when the devices are first listed, not at import: do it while held
+            module.config.list_physical_devices("GPU")
         return importlib.machinery.ModuleSpec(name, _Existing(), origin=getattr(module, "__file__", None))
 
 
