@@ -57,6 +57,7 @@ def saved_run() -> Path:
     from tasks.core.datacache import write_dataset_cache
     from tasks.core.hashing import hash_file
     from tasks.core.records import TrainRecord, ValidationRecord
+    from tasks.store.config import PromoteConfig
     from tasks.store.saving import store_run
     from tasks.train.config import TrainingConfig
     from tasks.train.models import build_model
@@ -76,7 +77,8 @@ def saved_run() -> Path:
     (tdir / "train.json").write_text(json.dumps({
         "key": "seed", "model": "seed_cnn", "model_sha256": hash_file(tdir / "model.keras").sha256, "epochs": 1,
         "seconds": 1.0, "preprocess": {"mean": None, "std": None}, "config": {"epochs": 1}}))
-    store_run(PipelineConfig(name=PIPELINE, training=TrainingConfig(epochs=1)), ds,
+    # an untrained model scores at chance: under the default floor it would never be champion
+    store_run(PipelineConfig(name=PIPELINE, training=TrainingConfig(epochs=1), promote=PromoteConfig(min_value=0)), ds,
               ValidationRecord(ds.fingerprint, {"checks": []}), TrainRecord(key="seed", path=str(tdir)), {}, None,
               str(artifacts))
     return artifacts
@@ -198,11 +200,15 @@ def bench_server(name: str, seconds: float) -> dict:
     try:
         import httpx
 
+        answer = None
         while True:
             assert proc.poll() is None, (WORK / f"{name}.log").read_text()[-3000:]
+            assert time.perf_counter() - started < 120, f"{name} not ready after 120 s: {answer}"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                answer = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if answer.status_code == 200:
                     break
+                answer = answer.text[:300]
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
