@@ -11,7 +11,6 @@ writes the registry as the store does when it promotes (atomically), for hot-swa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ CONSTANT_P = float(np.exp(5) / (np.exp(5) + 2))  # 0.98670
 def _constant_trained(models: Path, key: str, winner: int):
     import keras
 
-    from tasks.core.hashing import hash_file
-    from tasks.core.records import TrainRecord
+    from trainfolders import model_folder
 
     inp = keras.Input(SHAPE)
     x = keras.layers.Conv2D(2, 3, strides=4, activation="relu", name="conv")(inp)
@@ -36,15 +34,7 @@ def _constant_trained(models: Path, key: str, winner: int):
     bias = np.zeros(len(CLASSES), np.float32)
     bias[winner] = 5.0
     model.get_layer("dense").set_weights([np.zeros_like(kernel), bias])
-    tdir = models / key
-    tdir.mkdir(parents=True)
-    model.save(tdir / "model.keras")
-    (tdir / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "loss": 1.0, "seconds": 0.1}]}))
-    (tdir / "train.json").write_text(json.dumps({
-        "key": key, "model": "tiny", "model_sha256": hash_file(tdir / "model.keras").sha256, "epochs": 1,
-        "seconds": 0.1, "preprocess": {"mean": None, "std": None}, "config": {"epochs": 1},
-    }))
-    return TrainRecord(key=key, path=str(tdir))
+    return model_folder(models / key, key, model, seconds=0.1)
 
 
 def constant_runs(root: Path, winners=(0, 1), pipeline: str = "tiny") -> list:

@@ -70,18 +70,27 @@ def write_trained(root: Path, key: str, dataset, constant: int | None = None):
         model.get_layer("conv").set_weights([np.zeros_like(w) for w in model.get_layer("conv").get_weights()])
         dense.set_weights([np.zeros_like(dense.get_weights()[0]), bias])
         epochs = [{"epoch": 1, "loss": 1.0, "accuracy": 0.4, "val_loss": 1.1, "val_accuracy": 0.3, "seconds": 0.5}]
-    tdir = root / "models" / key
+    return model_folder(root / "models" / key, key, model, (mean, std), epochs, params=model.count_params(),
+                        seconds_per_epoch=0.5, devices=["/physical_device:CPU:0"], strategy="one_device",
+                        precision="float32", xla=False, resumed_from_epoch=None,
+                        config={"epochs": 1, "batch_size": 10}, completed_at="2026-01-01T00:00:00+00:00")
+
+
+def model_folder(tdir: Path, key: str, model, preprocess=(None, None), epochs=None, seconds: float = 0.5,
+                 **train_json):
+    """Write ``model`` as the train stage leaves it in ``tdir`` (model.keras, history.json,
+    train.json with the model's sha256 and ``preprocess`` = (mean, std)); its TrainRecord."""
+    from tasks.core.records import TrainRecord
+
     tdir.mkdir(parents=True)
     model.save(tdir / "model.keras")
+    epochs = epochs or [{"epoch": 1, "loss": 1.0, "seconds": seconds}]
     (tdir / "history.json").write_text(json.dumps({"epochs": epochs}))
-    train_json = {
+    mean, std = preprocess
+    (tdir / "train.json").write_text(json.dumps({
         "key": key, "model": "tiny", "model_sha256": hash_file(tdir / "model.keras").sha256, "epochs": 1,
-        "seconds": 0.5, "seconds_per_epoch": 0.5, "devices": ["/physical_device:CPU:0"],
-        "strategy": "one_device", "precision": "float32", "xla": False, "resumed_from_epoch": None,
-        "preprocess": {"mean": mean, "std": std}, "params": model.count_params(),
-        "config": {"epochs": 1, "batch_size": 10}, "completed_at": "2026-01-01T00:00:00+00:00",
-    }
-    (tdir / "train.json").write_text(json.dumps(train_json))
+        "seconds": seconds, "preprocess": {"mean": mean, "std": std}, "config": {"epochs": 1}, **train_json,
+    }))
     return TrainRecord(key=key, path=str(tdir))
 
 

@@ -39,6 +39,7 @@ from tasks.prepare.config import PrepareConfig
 from tasks.store.config import PromoteConfig
 from tasks.store.saving import store_run
 from tasks.train.config import TrainingConfig
+from trainfolders import model_folder
 
 CLASSES = ("cat", "dog", "frog")
 FROG_P = float(np.exp(5) / (np.exp(5) + 2))  # 0.98670
@@ -81,15 +82,7 @@ def _write_trained(root: Path, key: str, ds, frog: bool) -> TrainRecord:
         model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
         model.fit(scale_pixels(np.asarray(ds.x_train), mean, std), np.asarray(ds.y_train), epochs=15,
                   batch_size=10, verbose=0)
-    tdir = root / key
-    tdir.mkdir(parents=True)
-    model.save(tdir / "model.keras")
-    (tdir / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "loss": 1.0, "seconds": 0.1}]}))
-    (tdir / "train.json").write_text(json.dumps({
-        "key": key, "model": "tiny", "model_sha256": hash_file(tdir / "model.keras").sha256, "epochs": 1,
-        "seconds": 0.1, "preprocess": {"mean": mean, "std": std}, "config": {"epochs": 1},
-    }))
-    return TrainRecord(key=key, path=str(tdir))
+    return model_folder(root / key, key, model, (mean, std), seconds=0.1)
 
 
 def _pipeline(name: str) -> PipelineConfig:
