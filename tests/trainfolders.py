@@ -108,16 +108,20 @@ def three_class_cache(root: Path, shape=(8, 8, 3)):
         Y_TEST, CLASSES3, {"source": "test-fixture", "archive_sha256": "ab" * 32, "format": "test"})
 
 
-def pipeline(name="tiny", min_delta=0.0, min_value: float | None = 0.0, auto: bool = True):
+def pipeline(name="tiny", min_delta=0.0, min_value: float | None = 0.0, auto: bool = True,
+             validation="test", metric="test_accuracy"):
     """A resolved pipeline config, as the flow hands it to the store. ``min_value`` 0: the
     constant classifiers of these fixtures score at or under chance, which the default floor
-    (better than chance) never promotes; tests of the floor pass None."""
+    (better than chance) never promotes; tests of the floor pass None. By default validated and
+    promoted on the test split (the promotion mechanics); tests/store/test_validation_split.py
+    holds images out."""
     from flows.config import PipelineConfig
+    from tasks.download.config import DatasetConfig
     from tasks.store.config import PromoteConfig
     from tasks.train.config import TrainingConfig
 
-    return PipelineConfig(name=name, training=TrainingConfig(epochs=1),
-                          promote=PromoteConfig(min_delta=min_delta, min_value=min_value, auto=auto))
+    return PipelineConfig(name=name, training=TrainingConfig(epochs=1), dataset=DatasetConfig(validation=validation),
+                          promote=PromoteConfig(metric=metric, min_delta=min_delta, min_value=min_value, auto=auto))
 
 
 def store_trained(artifacts: Path, dataset, trained, name="tiny", **promote):

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from tasks.core import holdout
 from tasks.core.settings import SETTINGS
 from tasks.download.errors import DownloadError
 
@@ -43,6 +44,11 @@ class DatasetConfig:
     limit_train: int | None = None  # seeded, class-balanced subset
     limit_test: int | None = None
     subset_seed: int = 0
+    # The validation split (tasks.core.holdout): a fraction of the training images (0.1), a
+    # number of them (5000), or "test" (the notebook's protocol: validate on the test split).
+    # Not the download stage's business: it decodes the same cache whatever this says.
+    validation: int | float | Literal["test"] = 0.1
+    validation_seed: int = 0
     max_extract_mb: int = 2048  # archive-bomb cap on decoded/extracted bytes
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -65,6 +71,9 @@ class DatasetConfig:
             v = getattr(self, key)
             if v is not None and v < (0 if key == "retries" else 1):
                 out.append((key, f"must be positive, got {v}"))
+        out += [("validation", text) for text in holdout.problems(self.validation)]
+        if not 0 <= self.validation_seed < 2**32:
+            out.append(("validation_seed", f"must be within [0, {2**32 - 1}], got {self.validation_seed}"))
         if not 0 <= self.subset_seed < 2**32 - 1:  # NumPy's seed range (the test split takes seed + 1)
             out.append(("subset_seed", f"must be within [0, {2**32 - 2}], got {self.subset_seed}"))
         for key in ("connect_timeout", "read_timeout"):

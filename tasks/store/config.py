@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from tasks.core.holdout import Holdout
 from tasks.core.settings import SETTINGS
 
 
@@ -15,7 +16,9 @@ class PromoteConfig:
 
     __pydantic_config__ = SETTINGS
 
-    metric: Literal["test_accuracy", "test_loss"] = "test_accuracy"
+    # validation_*: judged on the validation split (dataset.validation), so that the test split
+    # stays unseen by every decision; test_*: judged on the test split (selection on the test set).
+    metric: Literal["validation_accuracy", "validation_loss", "test_accuracy", "test_loss"] = "validation_accuracy"
     direction: Literal["max", "min"] = "max"
     min_delta: float = 0.0
     # The floor: a run must reach it (>= for max, <= for min) to be promoted, the first run
@@ -28,10 +31,11 @@ class PromoteConfig:
         out = []
         if self.min_delta < 0:
             out.append(("min_delta", f"must be >= 0, got {self.min_delta}"))
-        if self.min_value is not None and self.metric == "test_accuracy" and not 0 <= self.min_value <= 1:
-            out.append(("min_value", f"a test accuracy is between 0 and 1, got {self.min_value}"))
-        if self.min_value is not None and self.metric == "test_loss" and self.min_value < 0:
-            out.append(("min_value", f"a test loss is >= 0, got {self.min_value}"))
+        what = self.metric.replace("_", " ")
+        if self.min_value is not None and self.metric.endswith("accuracy") and not 0 <= self.min_value <= 1:
+            out.append(("min_value", f"a {what} is between 0 and 1, got {self.min_value}"))
+        if self.min_value is not None and self.metric.endswith("loss") and self.min_value < 0:
+            out.append(("min_value", f"a {what} is >= 0, got {self.min_value}"))
         return out
 
 
@@ -48,3 +52,6 @@ class PipelineSettings(Protocol):
 
     @property
     def keep_last(self) -> int | None: ...  # prune older runs that are not the champion
+
+    @property
+    def holdout(self) -> Holdout: ...  # the validation split (dataset.validation)

@@ -7,6 +7,7 @@ by default better than chance), and never by the rule when ``promote.auto`` is f
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def training_problem(history: dict[str, Any]) -> str | None:
 def chance(metric: str, n_classes: int) -> float:
     """What guessing scores: 1/classes for accuracy, ln(classes) for the cross-entropy loss."""
     n = max(int(n_classes), 2)
-    return 1.0 / n if metric == "test_accuracy" else math.log(n)
+    return 1.0 / n if metric.endswith("accuracy") else math.log(n)
 
 
 def floor_problem(value: float | None, cfg: PromoteConfig, n_classes: int) -> str | None:
@@ -234,6 +235,37 @@ def effective_champion(pipeline_folder: Path, registry: dict[str, Any], registry
         note += f", so it is compared with the best run that verifies, {other.run_id}, instead"
         return _as_champion(other, cfg, f"stands in for damaged champion {champion.get('run_id')}", "stand-in"), note
     return None, note + " and no run that verifies is left to compare with"
+
+
+def test_counterpart(metric: str) -> str:
+    """The test split's metric of the same kind: validation_accuracy -> test_accuracy."""
+    return metric.replace("validation_", "test_", 1)
+
+
+def on_validation_split(champion: dict[str, Any], pipeline_folder: Path, split: str,
+                        cfg: PromoteConfig) -> tuple[dict[str, Any], PromoteConfig, str | None]:
+    """(champion, rule, note): how the champion is compared with a run validated on ``split``.
+
+    With a validation metric the two runs must have been validated on the same images: then the
+    champion and the rule are returned as they are. A champion validated on other images (another
+    ``dataset.validation`` or seed, other data, or a run from before validation splits) cannot be
+    scored on this run's held-out images -- it may have trained on them -- so this once both are
+    compared by the test split's metric of the same kind (``test_counterpart``), and the note says
+    so. A test metric is returned unchanged."""
+    if not cfg.metric.startswith("validation_"):
+        return champion, cfg, None
+    by_id = {r.run_id: r for r in runs.pipeline_runs(pipeline_folder)}
+    run = by_id.get(str(champion.get("run_id")))
+    if run is None or run.damage:
+        return champion, cfg, None
+    theirs = (run.metrics.get("validation") or {}) if isinstance(run.metrics.get("validation"), dict) else {}
+    if theirs.get("split") == split:
+        return champion, cfg, None
+    rule = replace(cfg, metric=test_counterpart(cfg.metric))
+    was = theirs.get("described") or "before validation splits existed"
+    note = (f"champion {run.run_id} was validated on other images ({was}), so both are compared by "
+            f"{rule.metric} this once")
+    return {**champion, "metric": rule.metric, "value": _value(run, rule)}, rule, note
 
 
 def previous_run(pipeline_folder: Path, metric: str) -> dict[str, Any] | None:

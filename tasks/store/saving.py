@@ -37,6 +37,8 @@ from tasks.core.datacache import DatasetRecord, cache_problems, load_dataset
 from tasks.core.errors import CifarError
 from tasks.core.files import atomic_write_json, file_lock, fsync_dir, fsync_tree, read_json
 from tasks.core.hashing import closure_fingerprint, hash_file, stable_hash
+from tasks.core.holdout import TEST, Holdout, split_rows
+from tasks.core.holdout import record as holdout_record
 from tasks.core.logs import get_logger
 from tasks.core.registry import champion_entry, set_champion, write_registry
 from tasks.core.records import RunRecord, TrainRecord, ValidationRecord
@@ -99,6 +101,7 @@ def store_key(pipeline: PipelineSettings, dataset: DatasetRecord, trained: Train
         dataset.content or dataset.fingerprint,
         pipeline.name,
         pipeline.promote,
+        pipeline.holdout,
         store_code_version(),
     )
 
@@ -143,9 +146,11 @@ def existing_run(pipeline_dir: str | os.PathLike, key: str) -> Path | None:
     return None
 
 
-def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset: DatasetRecord):
+def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset: DatasetRecord,
+              holdout: Holdout = Holdout(TEST)):
     """Copy the model into the run folder, verify the copy against train.json, only then load it,
-    and score it on the cached test split (memory-mapped), scaled as in training."""
+    and score it on the cached test split (memory-mapped), scaled as in training, and on the
+    validation split (``validation_metrics``)."""
     import keras
 
     shutil.copyfile(tdir / "model.keras", folder / "model.keras")
@@ -159,11 +164,32 @@ def _evaluate(folder: Path, tdir: Path, train_json: dict[str, Any], dataset: Dat
     pre = train_json.get("preprocess") or {}
     y_true = np.asarray(data.y_test, dtype=np.int64)
     probs, metrics = score_test_split(model, data.x_test, y_true, list(data.classes), pre, tta_of(train_json))
+    metrics.update(validation_metrics(model, data, dataset, holdout, metrics, pre, tta_of(train_json)))
     return model, data, y_true, probs, metrics
 
 
+def validation_metrics(model, data, dataset: DatasetRecord, holdout: Holdout, test: dict[str, Any],
+                       preprocess: dict[str, Any], tta: str) -> dict[str, Any]:
+    """metrics.json's validation part: ``validation_accuracy``, ``validation_loss``,
+    ``validation_size`` and ``validation`` (protocol, images, spec, seed, split id). Held out:
+    the model scored on the held-out training rows, as on the test split (the same views). With
+    ``validation: test`` the test split's numbers, the protocol saying so."""
+    test_split = run_folder.eval_split_hash(data.manifest)
+    content = dataset.content or dataset.fingerprint
+    if holdout.protocol == TEST:
+        return {"validation_accuracy": test["test_accuracy"], "validation_loss": test["test_loss"],
+                "validation_size": test["test_size"],
+                "validation": holdout_record(holdout, test["test_size"], content, test_split)}
+    _, rows = split_rows(data.y_train, holdout)
+    y_val = np.asarray(data.y_train[rows], dtype=np.int64)
+    _, scored = score_test_split(model, data.x_train[rows], y_val, list(data.classes), preprocess, tta)
+    return {"validation_accuracy": scored["test_accuracy"], "validation_loss": scored["test_loss"],
+            "validation_size": scored["test_size"],
+            "validation": holdout_record(holdout, len(rows), content, test_split)}
+
+
 def _champion_entry(run_id: str, decision: dict[str, Any], cfg: PromoteConfig) -> dict[str, Any]:
-    return champion_entry(run_id, cfg.metric, decision["value"], decision["reason"], "rule")
+    return champion_entry(run_id, decision.get("metric", cfg.metric), decision["value"], decision["reason"], "rule")
 
 
 def rolled_forward(pipeline_dir: Path, registry: dict[str, Any], cfg: PromoteConfig) -> str | None:
@@ -201,13 +227,15 @@ def settle_run(pipeline_dir: Path, run_dir: Path, cfg: PromoteConfig, keep_last:
     return rolled
 
 
-def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: float, cfg: PromoteConfig,
+def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], metrics: dict[str, Any], cfg: PromoteConfig,
              keep_last: int | None, started: float, refused: str | None = None,
              data=None) -> tuple[dict[str, Any], Path, list[str]]:
     """Decide the promotion, write metadata.json, rename the folder into place, update the
     registry and the store-key mapping, prune: one critical section per pipeline.
     An unreadable registry.json is rebuilt, and a broken champion replaced by the run that stands
     in for it (see ``promotion.effective_champion``); ``refused``: never promote (diverged).
+    The run's value is ``metrics[cfg.metric]``; a champion validated on other images is compared
+    by the test split's metric instead (``promotion.on_validation_split``).
     Returns the decision, the published folder and the pruned run ids."""
     run_id, key = meta["run_id"], meta["cache_keys"]["store"]
     runs_folder = runs.runs_dir(pipeline_dir)
@@ -226,11 +254,17 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], value: floa
             set_champion(registry, champion)  # the registry names the champion actually judged against
         meta[runs.SEQ] = runs.next_sequence([run.metadata for run in runs.pipeline_runs(pipeline_dir)])
         previous = promotion.previous_run(pipeline_dir, cfg.metric)
-        if champion is not None and data is not None:  # the same test images for both, or re-scored
-            champion = promotion.on_test_split(champion, pipeline_dir, data, meta["dataset"]["test_split"], cfg)
+        rule = cfg
+        if champion is not None:  # validated on the same images, or compared on the test split
+            champion, rule, other = promotion.on_validation_split(
+                champion, pipeline_dir, (metrics.get("validation") or {}).get("split"), cfg)
+            note = "; ".join(n for n in (note, other) if n) or None
+        if champion is not None and data is not None and rule.metric.startswith("test_"):
+            # the same test images for both, or re-scored
+            champion = promotion.on_test_split(champion, pipeline_dir, data, meta["dataset"]["test_split"], rule)
         held = promotion.held_by_hand(cfg, meta["pipeline"], run_id)
-        decision = promotion.decide_promotion(value, champion, previous, cfg, refused=refused, note=note,
-                                              held=held)
+        decision = promotion.decide_promotion(metrics.get(rule.metric), champion, previous, rule, refused=refused,
+                                              note=note, held=held)
         meta["promotion"] = decision
         meta["stages"]["save"] = {"seconds": round(time.perf_counter() - started, 3), "cache_hit": False}
         atomic_write_json(folder / runs.METADATA, meta)
@@ -292,9 +326,10 @@ def store_run(
         tmp = runs_folder / f".tmp-{run_id}-{os.getpid()}"
         tmp.mkdir()
         try:
-            model, data, y_true, probs, metrics = _evaluate(tmp, tdir, train_json, dataset)
-            log.info("%s: test accuracy %.4f, loss %.4f on %d images", name, metrics["test_accuracy"],
-                     metrics["test_loss"], len(y_true))
+            model, data, y_true, probs, metrics = _evaluate(tmp, tdir, train_json, dataset, pipeline.holdout)
+            log.info("%s: validation accuracy %.4f on %s; test accuracy %.4f, loss %.4f on %d images", name,
+                     metrics["validation_accuracy"], metrics["validation"]["described"],
+                     metrics["test_accuracy"], metrics["test_loss"], len(y_true))
             files, serving = write_run_files(tmp, model, data, y_true, probs, metrics, history,
                                              train_json.get("preprocess"))
             meta = run_metadata(
@@ -306,7 +341,7 @@ def store_run(
             )
             meta.update(context or {})
             meta["dataset"]["test_split"] = run_folder.eval_split_hash(data.manifest)
-            decision, final, removed = _publish(tmp, pdir, meta, metrics[cfg.metric], cfg,
+            decision, final, removed = _publish(tmp, pdir, meta, metrics, cfg,
                                                 pipeline.keep_last, started,
                                                 refused=promotion.training_problem(history)
                                                 or promotion.floor_problem(metrics[cfg.metric], cfg,

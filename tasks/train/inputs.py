@@ -147,7 +147,7 @@ class RowReader:
 
 
 def recipe_dataset(x, y, num_classes: int, batch_size: int, *, seed: int, epochs: int, start_epoch: int = 0,
-                   flip: str = "alternate", translate: int = 2, mean=None, std=None):
+                   flip: str = "alternate", translate: int = 2, mean=None, std=None, rows=None):
     """The recipe's training stream: every epoch from ``start_epoch`` to ``epochs`` in one
     ``tf.data`` pipeline (fit it with ``steps_per_epoch``), each a function of (seed, epoch) only.
 
@@ -155,11 +155,13 @@ def recipe_dataset(x, y, num_classes: int, batch_size: int, *, seed: int, epochs
     per batch the rows are read from the cache (``RowReader``), mirrored per ``flip_mask``,
     shifted by integer pixels up to ``translate`` (reflect-padded; NHWC, so width is axis 2),
     scaled and one-hot encoded. A run resumed at epoch e sees exactly what it would have seen.
+    ``rows``: only these rows of ``x``/``y`` (the training rows of a validation split), numbered
+    0..len(rows)-1 for the permutation and the flips.
     """
     import numpy as np
     import tensorflow as tf
 
-    read, n = _batch_reader(x, y)
+    read, n = _batch_reader(x, y, rows)
     per = min(batch_size, n)
     steps = max(1, n // batch_size)
     h, w = (int(d) for d in np.shape(x)[1:3])
@@ -186,18 +188,20 @@ def recipe_dataset(x, y, num_classes: int, batch_size: int, *, seed: int, epochs
     return _finish(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
-def _batch_reader(x, y):
-    """(read, n): ``read(idx)`` gives the (uint8 images, labels) tensors of rows ``idx``."""
+def _batch_reader(x, y, rows=None):
+    """(read, n): ``read(idx)`` gives the (uint8 images, labels) tensors of rows ``idx`` -- of
+    ``rows[idx]`` when ``rows`` (a subset of the arrays' rows) is given; n rows in all."""
     import numpy as np
     import tensorflow as tf
 
     if len(x) != len(y):
         raise TrainingError(f"images and labels differ in length: {len(x)} vs {len(y)}")
     read_images = RowReader(x)
-    labels = np.array(y)  # N bytes, copied out of any mapping
+    chosen = None if rows is None else np.asarray(rows, dtype=np.int64)
+    labels = np.array(y) if chosen is None else np.asarray(y)[chosen]  # N bytes, copied out of any mapping
 
     def gather(idx):
-        return read_images(idx), labels[idx]
+        return read_images(idx if chosen is None else chosen[idx]), labels[idx]
 
     def read(idx):
         xb, yb = tf.numpy_function(gather, [idx], [tf.as_dtype(read_images.dtype),
@@ -221,8 +225,9 @@ def _finish(ds):
 
 
 def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 augment: bool = False, mean=None, std=None):
-    """A ``tf.data`` pipeline over uint8 arrays (memory-mapped ones welcome).
+                 augment: bool = False, mean=None, std=None, rows=None):
+    """A ``tf.data`` pipeline over uint8 arrays (memory-mapped ones welcome), or over ``rows``
+    of them only (a validation split's training or held-out rows).
 
     An index stream is shuffled (seeded, reshuffled every epoch) and batched; each batch's rows
     are read from the arrays (``RowReader``: no copy of the dataset is held), augmented (optional),
@@ -230,7 +235,7 @@ def make_dataset(x, y, num_classes: int, batch_size: int, *, shuffle: bool = Fal
     """
     import tensorflow as tf
 
-    read, n = _batch_reader(x, y)
+    read, n = _batch_reader(x, y, rows)
     ds = tf.data.Dataset.range(n)
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)

@@ -16,6 +16,7 @@ import sys
 
 from tasks.core.datacache import DatasetRecord
 from tasks.core.files import file_lock
+from tasks.core.holdout import TEST, Holdout
 from tasks.core.hashing import closure_fingerprint, stable_hash, to_jsonable
 from tasks.core.logs import get_logger
 from tasks.core.records import TrainRecord, ValidationRecord
@@ -31,7 +32,7 @@ from tasks.train.devices import (
     strategy_devices,
     worker_role,
 )
-from tasks.train.fit import fit_model
+from tasks.train.fit import fit_model, split_of
 from tasks.train.inputs import PrepareSettings, preprocess_stats
 from tasks.train.model_folder import commit_model, lock_path, model_dir, trained_problems, work_dir
 from tasks.train.models import MODELS, build_model
@@ -46,27 +47,32 @@ def training_code_version() -> str:
 
 
 def train_key(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,
-              prepare: PrepareSettings) -> str:
+              prepare: PrepareSettings, holdout: Holdout = Holdout(TEST)) -> str:
     """Content key: the data's content hash, model, full training config (seed included), the inputs'
-    preprocessing and the code that decides the trained model (``training_code_version``)."""
+    preprocessing, the validation split (which images train) and the code that decides the trained
+    model (``training_code_version``)."""
+    split = None if holdout.protocol == TEST else {"validation": holdout.size, "seed": holdout.seed}
     return stable_hash("train", dataset.content or dataset.fingerprint, model, cfg,
                        {"standardize": prepare.standardize, **preprocess_stats(validation, prepare)},
-                       training_code_version())
+                       split, training_code_version())
 
 
 def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,
                  prepare: PrepareSettings, data_dir, force: bool = False,
-                 extra_callbacks: tuple = (), slots: int | None = None) -> TrainRecord:
+                 extra_callbacks: tuple = (), slots: int | None = None,
+                 holdout: Holdout = Holdout(TEST)) -> TrainRecord:
     """Train ``model`` on the cached dataset unless an intact result for the same key exists.
 
     Idempotent and single-flight: a verified ``<data_dir>/models/<key>/`` returns at once; else
     the key's file lock is taken, the folder re-checked (a concurrent run may just have written
     it), and training runs, resuming from ``<key>.work/backup`` if a killed run left one.
     ``force`` retrains from scratch. ``extra_callbacks`` are appended to Keras's list.
+    ``holdout``: the validation split, left out of training and validated on each epoch (the
+    default, ``validation: test``, trains on the whole split and validates on the test split).
     The fit itself runs inside one of this machine's ``slots`` training slots
     (``tasks.train.slots``): a reused model never waits for one.
     """
-    key = train_key(dataset, validation, model, cfg, prepare)
+    key = train_key(dataset, validation, model, cfg, prepare, holdout)
     out = model_dir(data_dir, key)
     log = get_logger()
     if model not in MODELS:
@@ -74,6 +80,7 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
     if not force and not trained_problems(out):
         log.info("model %s (%s) already trained: reusing %s", model, key, out)
         return TrainRecord(key=key, path=str(out))
+    split_of(dataset, holdout)  # a split that cannot be drawn fails here, before any lock or slot
     strategy = resolve_runtime(cfg, 0).strategy
     chief, role = worker_role(strategy)
     # each process of a multi-worker cluster on this machine holds a slot of its own
@@ -82,7 +89,7 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
     if not chief:  # multi-worker: the chief holds the lock and writes; others just take part
         with training_slot(slots, what, here):
             train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=False,
-                             role=role, extra_callbacks=extra_callbacks)
+                             role=role, extra_callbacks=extra_callbacks, holdout=holdout)
         return TrainRecord(key=key, path=str(out))
     with file_lock(lock_path(data_dir, key), what=f"training of {model} ({key})"):
         if not force and not trained_problems(out):
@@ -92,13 +99,13 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
             shutil.rmtree(work_dir(data_dir, key), ignore_errors=True)
         with training_slot(slots, what, here):
             train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=True,
-                             role=role, extra_callbacks=extra_callbacks)
+                             role=role, extra_callbacks=extra_callbacks, holdout=holdout)
     return TrainRecord(key=key, path=str(out))
 
 
 def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None, model_name: str, cfg: TrainingConfig,
                      prepare: PrepareSettings, data_dir, key: str, *, chief: bool, role: str,
-                     extra_callbacks: tuple) -> None:
+                     extra_callbacks: tuple, holdout: Holdout = Holdout(TEST)) -> None:
     """Fit with epoch backups in the work dir (resuming from one that is there); the chief then
     commits the model folder, a non-chief worker drops its own backup."""
     import tensorflow as tf
@@ -127,9 +134,12 @@ def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None
     log.info("training %s (%s): %d epochs, batch %d, %s on %s, %s, XLA %s", model_name, key,
              cfg.epochs, cfg.batch_size, runtime.strategy, ", ".join(devices_used), runtime.precision,
              "on" if runtime.xla else "off")
+    n_train, n_val = (len(r) for r in split_of(dataset, holdout))
+    if holdout.protocol != TEST:
+        log.info("validation: %s; training on the other %d", holdout.describe(n_val), n_train)
     with precision_policy(runtime.precision):
         model, wall = fit_model(model_name, dataset, cfg, stats, runtime, strategy, callbacks,
-                                verbose=1 if chief and sys.stdout.isatty() else 0)
+                                verbose=1 if chief and sys.stdout.isatty() else 0, holdout=holdout)
         if not chief:
             shutil.rmtree(backup.parent, ignore_errors=True)
             return
@@ -147,7 +157,9 @@ def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None
             "resumed_from_epoch": tracker.resumed_from,
             "preprocess": stats,
             "config": to_jsonable(cfg),
-            "recipe": recipe.recipe_facts(cfg, dataset.train_size),
+            "recipe": recipe.recipe_facts(cfg, n_train),
+            "validation": {"protocol": holdout.protocol, "spec": holdout.size, "seed": holdout.seed,
+                           "train_images": n_train, "validation_images": n_val},
         })
     log.info("trained %s (%s): %d epochs in %.1f s -> %s", model_name, key, meta["epochs"],
              meta["seconds"], model_dir(data_dir, key))

@@ -9,6 +9,7 @@ from prefect import task
 
 from tasks.core.caching import VerifiedCache, same_path
 from tasks.core.datacache import DatasetRecord
+from tasks.core.holdout import TEST, Holdout
 from tasks.core.records import TrainRecord, ValidationRecord
 from tasks.train.config import TrainingConfig
 from tasks.train.inputs import PrepareSettings
@@ -18,7 +19,7 @@ from tasks.train.run import run_training, train_key
 
 def _task_key(inputs: dict[str, Any]) -> str:
     return train_key(inputs["dataset"], inputs.get("validation"), inputs["model"], inputs["cfg"],
-                     inputs["prepare"])
+                     inputs["prepare"], inputs.get("holdout") or Holdout(TEST))
 
 
 def _task_valid(inputs: dict[str, Any], key: str) -> bool:
@@ -36,7 +37,9 @@ def _task_record(inputs: dict[str, Any], key: str, trained: TrainRecord) -> bool
       persist_result=True, timeout_seconds=None)
 def train_model(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,
                 prepare: PrepareSettings, data_dir: str, force: bool = False,
-                slots: int | None = None) -> TrainRecord:
-    """Train (or reuse) ``model`` on ``dataset``; a retry resumes from the epoch backup. The fit
-    waits for one of this machine's ``slots`` training slots."""
-    return run_training(dataset, validation, model, cfg, prepare, data_dir, force=force, slots=slots)
+                slots: int | None = None, holdout: Holdout | None = None) -> TrainRecord:
+    """Train (or reuse) ``model`` on ``dataset`` less its ``holdout`` (the validation split; None:
+    none, the test split validates); a retry resumes from the epoch backup. The fit waits for
+    one of this machine's ``slots`` training slots."""
+    return run_training(dataset, validation, model, cfg, prepare, data_dir, force=force, slots=slots,
+                        holdout=holdout or Holdout(TEST))

@@ -38,7 +38,7 @@ def publish(pdir: Path, run_id: str, created_at: str, value: float, keep_last: i
     _run_files(tmp, value)
     meta = {"pipeline": pdir.name, "run_id": run_id, "created_at": created_at,
             "cache_keys": {"store": f"key-{run_id}"}, "stages": {}, "dataset": {}, "files": recorded_files(tmp)}
-    return _publish(tmp, pdir, meta, value, CFG, keep_last, 0.0)
+    return _publish(tmp, pdir, meta, {"test_accuracy": value, "test_loss": 1.0}, CFG, keep_last, 0.0)
 
 
 def legacy_run(pdir: Path, run_id: str, created_at: str, value: float, champion: bool = False) -> None:

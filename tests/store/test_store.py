@@ -28,6 +28,7 @@ from tasks.core.hashing import hash_file, hash_tree
 from tasks.core.runs import list_runs
 from flows.config import PipelineConfig
 from tasks.core.records import TrainRecord, ValidationRecord
+from tasks.download.config import DatasetConfig
 from tasks.prepare.config import PrepareConfig
 from tasks.store.tasks import save_run
 from tasks.store.config import PromoteConfig
@@ -69,11 +70,14 @@ def models(tmp_path_factory, dataset):
     return out
 
 
-def pipeline_config(name="tiny", keep_last=None, min_delta=0.002, min_value=0.0) -> PipelineConfig:
-    """min_value 0: the constant classifiers here score at or under chance (the default floor)."""
+def pipeline_config(name="tiny", keep_last=None, min_delta=0.002, min_value=0.0, validation="test",
+                    metric="test_accuracy") -> PipelineConfig:
+    """min_value 0: the constant classifiers here score at or under chance (the default floor).
+    The promotion mechanics are tested on the test split; held-out validation further down."""
     return PipelineConfig(name=name, description="test", prepare=PrepareConfig(standardize=True), model="tiny",
-                          training=TrainingConfig(epochs=1),
-                          promote=PromoteConfig(min_delta=min_delta, min_value=min_value), keep_last=keep_last)
+                          dataset=DatasetConfig(validation=validation), training=TrainingConfig(epochs=1),
+                          promote=PromoteConfig(metric=metric, min_delta=min_delta, min_value=min_value),
+                          keep_last=keep_last)
 
 
 STAGES = {"download": {"seconds": 0.1, "cache_hit": True}, "prepare": {"seconds": 0.2, "cache_hit": False},
@@ -139,13 +143,13 @@ def test_the_promotion_reason_gives_both_numbers_of_a_rescored_champion():
 
     champ = {"run_id": "R1", "metric": "test_accuracy", "value": 0.4,
              "rescored": {"recorded": 0.5, "value": 0.4, "images": 60, "metric": "test_accuracy"}}
-    won = decide_promotion(0.45, champ, None, PromoteConfig())
+    won = decide_promotion(0.45, champ, None, PromoteConfig(metric="test_accuracy"))
     assert won["promoted"] and won["reason"].startswith(
         "test_accuracy 45.00% beats champion 40.00% on the new test split (60 images; 50.00% on its own) by 5.00 pp")
     assert won["champion_rescored"]["recorded"] == 0.5
-    lost = decide_promotion(0.35, champ, None, PromoteConfig())
+    lost = decide_promotion(0.35, champ, None, PromoteConfig(metric="test_accuracy"))
     assert not lost["promoted"] and "champion 40.00% on the new test split (60 images; 50.00% on its own)" in lost["reason"]
-    plain = decide_promotion(0.45, {"run_id": "R1", "metric": "test_accuracy", "value": 0.4}, None, PromoteConfig())
+    plain = decide_promotion(0.45, {"run_id": "R1", "metric": "test_accuracy", "value": 0.4}, None, PromoteConfig(metric="test_accuracy"))
     assert "new test split" not in plain["reason"] and "champion_rescored" not in plain
 
 
