@@ -43,7 +43,7 @@ def describe(chosen: PipelineConfig, overrides: dict[str, Any] | None) -> str:
     ds, tr = chosen.dataset, chosen.training
     limits = "" if ds.limit_train is None else f" (limit {ds.limit_train}/{ds.limit_test})"
     line = (f"pipeline {chosen.name}: {chosen.model} on {ds.format}{limits}, {tr.epochs} epoch(s), "
-            f"batch {tr.batch_size}, seed {tr.seed}; validation: {chosen.holdout.describe()}")
+            f"batch {tr.batch_size}, seed {tr.seed}; validation: {chosen.dataset.holdout.describe()}")
     if overrides:
         line += "; overridden: " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     return line
@@ -145,7 +145,7 @@ def cifar(
         train_started = time.time()
         trained = stages.run(
             "train", train_model, dataset, validation, chosen.model, chosen.training, chosen.prepare, data_dir,
-            force=force, refresh=force, slots=settings.train_slots, holdout=chosen.holdout,
+            force=force, refresh=force, slots=settings.train_slots, holdout=chosen.dataset.holdout,
         )
         if not chief:  # the others wait for the chief's run and point at it
             return cluster.worker_summary(chosen.name, role, cluster.wait_for_chief(

@@ -136,7 +136,7 @@ def cmd_check(args) -> int:
         limits = "" if dataset.limit_train is None else f" limit {dataset.limit_train}/{dataset.limit_test}"
         print(f"  {name:<12} {pipeline.model} on {dataset.format}{limits}, {training.epochs} epoch(s), "
               f"batch {training.batch_size}; {when}")
-        print(f"  {'':<12} validation: {pipeline.holdout.describe()}; promoted by {pipeline.promote.metric}")
+        print(f"  {'':<12} validation: {pipeline.dataset.holdout.describe()}; promoted by {pipeline.promote.metric}")
         if pipeline.expect:
             print(f"  {'':<12} expect: {pipeline.expect}")
     return 0

@@ -28,7 +28,6 @@ from tasks.core.errors import ConfigError
 from tasks.core.guards_files import NotRegularFileError, TooLargeError, read_regular
 from tasks.core.guards_yaml import MAX_BYTES as MAX_CONFIG_BYTES
 from tasks.core.guards_yaml import YamlLimitError, load_bounded
-from tasks.core.holdout import Holdout
 from tasks.core.settings import SETTINGS
 from tasks.download.config import DatasetConfig
 from tasks.prepare.config import PrepareConfig
@@ -83,11 +82,6 @@ class PipelineConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     schedule: ScheduleConfig | None = None
     deploy: DeployConfig = field(default_factory=DeployConfig)  # `cifar deploy --pool`: env, queue, image
-
-    @property
-    def holdout(self) -> Holdout:
-        """The validation split: ``dataset.validation`` and ``dataset.validation_seed``."""
-        return Holdout(self.dataset.validation, self.dataset.validation_seed)
 
     def problems(self) -> list[tuple[str, str]]:
         out = []

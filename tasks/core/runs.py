@@ -366,11 +366,21 @@ def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None
     return interleaved([pipeline_runs(folder, skipped) for folder in folders])
 
 
+def _validation_of(run: "PublishedRun") -> dict[str, Any]:
+    record = run.metrics.get("validation") if isinstance(run.metrics.get("validation"), dict) else {}
+    held = run.value_verified and record.get("protocol") == "held-out"
+    return {"validation_accuracy": _number(run.metrics.get("validation_accuracy")) if held else None,
+            "validation_images": _number(run.metrics.get("validation_size")) if held else None,
+            "validation_protocol": record.get("protocol") if run.value_verified else None}
+
+
 def list_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> list[dict[str, Any]]:
     """One row per published run, newest first (all pipelines, or one): what ``cifar runs`` shows.
 
     Row: pipeline, run_id, created_at, model, epochs, test_accuracy (None when metrics.json does
-    not verify), test_images (how many the accuracy was measured on), train_seconds, champion
+    not verify), test_images (how many the accuracy was measured on), validation_accuracy and
+    validation_images (held out; None for a run validated on the test split or saved before
+    validation splits), validation_protocol ("held-out", "test" or None), train_seconds, champion
     (bool: registry.json names it and it verifies), damaged (why it does not verify, or None),
     named_champion (registry.json names it), report (report.html's path or None), path."""
     rows = []
@@ -385,6 +395,7 @@ def list_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None) -> 
             "epochs": training.get("epochs"),
             "test_accuracy": _number(run.metrics.get("test_accuracy")) if run.value_verified else None,
             "test_images": run.test_images if run.value_verified else None,
+            **_validation_of(run),
             "train_seconds": training.get("seconds"),
             "champion": run.champion,
             "damaged": run.damaged,

@@ -54,6 +54,11 @@ class DatasetConfig:
     read_timeout: float = 60.0
     retries: int = 4
 
+    @property
+    def holdout(self) -> holdout.Holdout:
+        """The validation split these settings ask for (``validation``, ``validation_seed``)."""
+        return holdout.Holdout(self.validation, self.validation_seed)
+
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) pairs for settings that are wrong together."""
         out: list[tuple[str, str]] = []

@@ -327,6 +327,20 @@ def _test_pictures(pred: dict[str, Any], images, cfg: ReportConfig, classes: lis
     return grid, worst, None
 
 
+def holdout_section(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the run was validated on, and how it scored there: the held-out training images
+    (``dataset.validation``) or, under ``validation: test`` and for runs saved before validation
+    splits, the test split itself -- which the report then says."""
+    record = metrics.get("validation") if isinstance(metrics.get("validation"), dict) else {}
+    if not record:
+        return {"protocol": "test", "described": "the test split (saved before validation splits existed)",
+                "accuracy": metrics.get("test_accuracy"), "loss": metrics.get("test_loss"),
+                "images": metrics.get("test_size")}
+    return {"protocol": record.get("protocol"), "described": record.get("described", ""),
+            "accuracy": metrics.get("validation_accuracy"), "loss": metrics.get("validation_loss"),
+            "images": metrics.get("validation_size")}
+
+
 def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: Path,
                          images=None) -> dict[str, Any]:
     """Everything the report template shows, pictures already PNG data URIs. Pure given inputs;
@@ -351,6 +365,7 @@ def build_report_context(run: dict[str, Any], cfg: ReportConfig, artifacts_dir: 
         "created_at": meta.get("created_at", ""),
         "config": meta.get("config") or {},
         "head": headline(meta, metrics, artifacts_dir),
+        "holdout": holdout_section(metrics),
         "wrong": int((pred["y_true"] != pred["y_pred"]).sum()),
         "n_test": int(len(pred["y_true"])),
         "history": history,

@@ -39,6 +39,13 @@ class PromoteConfig:
         return out
 
 
+class HoldoutSettings(Protocol):
+    """The part of the ``dataset:`` settings the store reads: the validation split."""
+
+    @property
+    def holdout(self) -> Holdout: ...
+
+
 class PipelineSettings(Protocol):
     """The pipeline's settings as the store reads them: ``flows.config.PipelineConfig`` satisfies
     it (the store does not import ``flows``). Its name and rules decide where and how a run is
@@ -54,4 +61,4 @@ class PipelineSettings(Protocol):
     def keep_last(self) -> int | None: ...  # prune older runs that are not the champion
 
     @property
-    def holdout(self) -> Holdout: ...  # the validation split (dataset.validation)
+    def dataset(self) -> "HoldoutSettings": ...  # its validation split: dataset.holdout

@@ -101,7 +101,7 @@ def store_key(pipeline: PipelineSettings, dataset: DatasetRecord, trained: Train
         dataset.content or dataset.fingerprint,
         pipeline.name,
         pipeline.promote,
-        pipeline.holdout,
+        pipeline.dataset.holdout,
         store_code_version(),
     )
 
@@ -326,7 +326,7 @@ def store_run(
         tmp = runs_folder / f".tmp-{run_id}-{os.getpid()}"
         tmp.mkdir()
         try:
-            model, data, y_true, probs, metrics = _evaluate(tmp, tdir, train_json, dataset, pipeline.holdout)
+            model, data, y_true, probs, metrics = _evaluate(tmp, tdir, train_json, dataset, pipeline.dataset.holdout)
             log.info("%s: validation accuracy %.4f on %s; test accuracy %.4f, loss %.4f on %d images", name,
                      metrics["validation_accuracy"], metrics["validation"]["described"],
                      metrics["test_accuracy"], metrics["test_loss"], len(y_true))

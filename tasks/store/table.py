@@ -47,14 +47,21 @@ def damage_warnings(rows: list[dict[str, Any]]) -> list[str]:
             for r in rows if r.get("damaged")]
 
 
+def _validation_cell(r: dict[str, Any]) -> str:
+    if r.get("validation_accuracy") is not None:
+        return pct(r["validation_accuracy"])
+    return "test" if r.get("validation_protocol") == "test" else "-"
+
+
 def format_runs_table(rows: list[dict[str, Any]]) -> str:
     """The rows of list_runs as aligned text (``cifar runs``); ``*`` marks each champion,
     ``DAMAGED`` a run that does not verify (its accuracy ``?`` when metrics.json is the file that
-    fails); TEST IMAGES says how many images each accuracy was measured on."""
+    fails); TEST IMAGES says how many images each accuracy was measured on; VAL ACC is the
+    accuracy on held-out training images (``test`` where the run validated on the test split)."""
     if not rows:
         return "no runs yet"
-    head = ["PIPELINE", "RUN ID", "CREATED (UTC)", "MODEL", "EPOCHS", "TEST ACC", "TEST IMAGES", "TRAIN TIME",
-            "CHAMPION", "REPORT"]
+    head = ["PIPELINE", "RUN ID", "CREATED (UTC)", "MODEL", "EPOCHS", "VAL ACC", "TEST ACC", "TEST IMAGES",
+            "TRAIN TIME", "CHAMPION", "REPORT"]
     table = [head]
     for r in rows:
         created = str(r.get("created_at") or "-")[:16].replace("T", " ")
@@ -66,6 +73,7 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
                 created,
                 str(r.get("model") or "-"),
                 "-" if r.get("epochs") is None else str(r["epochs"]),
+                _validation_cell(r),
                 ("?" if r.get("damaged") else "-") if acc is None else pct(acc),
                 "-" if size is None else f"{size:,}",
                 _duration(r.get("train_seconds")),
@@ -74,7 +82,7 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
             ]
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    right = {4, 5, 6, 7}  # numbers align right
+    right = {4, 5, 6, 7, 8}  # numbers align right
     lines = []
     for row in table:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

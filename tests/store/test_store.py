@@ -306,7 +306,8 @@ def test_keep_last_keeps_the_newest_run_and_the_champion(sequence):
     assert [r["champion"] for r in rows] == [False, True]
     assert rows[1] == {
         "pipeline": "tiny", "run_id": better.run_id, "created_at": rows[1]["created_at"], "model": "tiny",
-        "epochs": 1, "test_accuracy": 0.5, "test_images": 20, "train_seconds": 0.5, "champion": True,
+        "epochs": 1, "test_accuracy": 0.5, "test_images": 20, "validation_accuracy": None, "validation_images": None,
+        "validation_protocol": "test", "train_seconds": 0.5, "champion": True,
         "damaged": None, "named_champion": True, "report": None, "path": better.path,
     }
     assert not Path(first.path).exists() and not Path(worse.path).exists()
