@@ -3,7 +3,7 @@ is importable (the test's own process keeps it out, as the training tests requir
 
     python tests/hparams_worker.py RUN_DIR [RUN_DIR ...]
 
-For each run folder: Keras-like curves into ``tensorboard/train`` and ``tensorboard/validation``
+For each run folder: unless it has them, Keras-like curves into ``tensorboard/train`` and ``tensorboard/validation``
 (``epoch_loss``/``epoch_accuracy`` per epoch from history.json, written by TensorFlow's summary
 writer as Keras's callback writes them), then ``tasks.train.hparams.log_run_hparams``. Prints one
 line ``RESULT {run_dir: event file or null}``.
@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
     out = {}
     for arg in argv:
         run_dir = Path(arg)
-        curves(run_dir)
+        if not (run_dir / "tensorboard" / "train").is_dir():
+            curves(run_dir)
         written = log_run_hparams(run_dir)
         out[arg] = str(written) if written else None
     print("RESULT " + json.dumps(out), flush=True)
