@@ -19,8 +19,9 @@ Written safely: the records go to a dot-named file in ``tensorboard/`` (a name w
 fails when a file of that name exists: the event file appears complete or not at all, and at
 most once per run (a rerun that reuses the run writes nothing). The TensorBoard folder is not
 among the files metadata.json records, so nothing here can make a run damaged. A failure is a
-warning, never a failed run. The HParams protos are TensorBoard's own (the optional viewer
-package, ``pip install -e '.[tensorboard]'``); without it nothing is written (one info line).
+warning, never a failed run. The HParams protos are TensorBoard's own: ``tensorboard`` is one of
+the project's dependencies, so every install writes them (an install that lacks it gets a warning
+per run naming ``pip install tensorboard``, not a silent gap).
 
 Not imported by ``tasks.train.run``: the training's cache key (its import closure) stays as it was.
 """
@@ -42,7 +43,7 @@ from tasks.core.run_files import read_run_file
 TENSORBOARD = "tensorboard"  # as board.TENSORBOARD (not imported: board pulls in the training's closure)
 EVENTS = "events.out.tfevents.run-hparams"  # the run's one HParams event file, in tensorboard/
 FINAL_METRICS = ("test_accuracy", "test_loss", "validation_accuracy", "validation_loss")
-INSTALL = "pip install -e '.[tensorboard]'"
+INSTALL = "pip install 'tensorboard>=2.21,<2.22'"  # a dependency: only a broken install lacks it
 
 HParamValue = bool | int | float | str
 
@@ -143,7 +144,7 @@ def event_records(hparams: dict[str, HParamValue], metrics: dict[str, float], st
                   start_time_secs: float | None = None) -> list[bytes]:
     """The serialized events of one HParams session: the file-version event every event file
     starts with, the session (``hp.hparams_pb``, step 0), then each metric as a scalar at
-    ``step``. ImportError without the viewer package."""
+    ``step``."""
     from tensorboard.compat.proto import event_pb2
     from tensorboard.plugins.hparams import api as hp
     from tensorboard.plugins.scalar.summary_v2 import scalar_pb
@@ -206,7 +207,7 @@ def _pid_alive(pid: int) -> bool:
 def log_run_hparams(run_dir: str | os.PathLike) -> Path | None:
     """Write the run's HParams session and final metrics into ``<run_dir>/tensorboard/``; the
     event file's path, or None when nothing was written (written before; metrics.json does not
-    verify; the viewer package is not installed; any failure, logged as a warning). Never raises:
+    verify; any failure, a missing ``tensorboard`` package included, logged as a warning). Never raises:
     the run is saved already, and a missing HParams entry never fails it."""
     log = get_logger()
     run_dir = Path(run_dir)
@@ -220,17 +221,16 @@ def log_run_hparams(run_dir: str | os.PathLike) -> Path | None:
         if problem or metrics_problem:
             log.warning("TensorBoard HParams not written for %s: %s", run_dir, problem or metrics_problem)
             return None
-        try:
-            import tensorboard  # noqa: F401  (the viewer: an optional extra)
-        except ImportError:
-            log.info("TensorBoard HParams not written for %s: the viewer is not installed (%s)", run_dir.name,
-                     INSTALL)
-            return None
         hparams = run_hparams(metadata)
         records = event_records(hparams, final_metrics(metrics), final_step(metadata, hparams),
                                 trial_id=str(metadata.get("run_id") or run_dir.name),
                                 start_time_secs=start_time(metadata))
         return write_events(run_dir / TENSORBOARD, records)
+    except ImportError as exc:  # a dependency of the project: a broken install, said loudly
+        log.warning("TensorBoard HParams not written for %s: the tensorboard package, a dependency of this "
+                    "project, cannot be imported (%s); install it (%s) so that each run's settings and "
+                    "metrics reach the HParams tab; the run is saved and unaffected", run_dir, exc, INSTALL)
+        return None
     except Exception as exc:  # noqa: BLE001 - the run is saved: a failure here is a warning, never a failed run
         log.warning("TensorBoard HParams not written for %s (%s: %s); the run is saved and unaffected",
                     run_dir, type(exc).__name__, exc)
