@@ -126,6 +126,7 @@ def cifar(
     from tasks.store.tasks import save_run
     from tasks.train.tasks import train_model
     from tasks.train.board import copy_logs
+    from tasks.train.hparams import log_run_hparams
 
     require_pinned(pipeline)  # a deployment runs the pipeline it is named for, and no other
     settings, chosen = _settings(pipeline, overrides, config)
@@ -156,6 +157,7 @@ def cifar(
             _flow_run_id(), artifacts_dir, context={"trigger": trigger, "code": code_versions()},
         )
         copy_logs(trained.path, run.path)  # the training's TensorBoard logs, beside the run
+        log_run_hparams(run.path)  # its settings and final metrics for the HParams tab (never fails the run)
         report = stages.run("report", build_report, run, chosen.report, artifacts_dir)
 
     summary = {

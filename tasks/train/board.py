@@ -1,8 +1,8 @@
 """Live curves: TensorBoard event files of every training, and reading them back.
 
 Keras's own ``TensorBoard`` callback writes them (TensorFlow writes event files without the
-``tensorboard`` package, which TF 2.21 no longer brings: the viewer is the optional extra
-``pip install -e '.[tensorboard]'``): loss and accuracy per epoch for the training split
+``tensorboard`` package, which TF 2.21 no longer brings; the project depends on it for the viewer
+and the HParams, ``tasks.train.hparams``): loss and accuracy per epoch for the training split
 (``train/``) and the test split (``validation/``), the learning rate per epoch, and the model's
 graph. They go to ``<key>.work/tensorboard/`` while the model trains (a resumed training appends
 to them), into the model folder at the commit, and from there into each run folder, so

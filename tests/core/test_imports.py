@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("download", "prepare", "train", "store", "report", "predict")
-HEAVY = ("prefect", "keras", "tensorflow")
+HEAVY = ("prefect", "keras", "tensorflow", "tensorboard")  # tensorboard: a dependency now, still heavy
 
 LIGHT = ["flows.config", "flows.cli", "flows.predict_cli", "flows.endpoint_cli", "flows.endpoint"]
 LIGHT += [f"tasks.{stage}" for stage in STAGES]
