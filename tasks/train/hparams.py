@@ -93,7 +93,7 @@ def run_hparams(metadata: dict[str, Any]) -> dict[str, HParamValue]:
         "pipeline": hparam_value(metadata.get("pipeline") or config.get("name")),
         "model": hparam_value((metadata.get("model") or {}).get("name") or trained.get("model") or config.get("model")),
     }
-    for key in ("format", "limit_train", "limit_test", "subset_seed"):
+    for key in ("format", "limit_train", "limit_test", "subset_seed", "validation_seed"):
         if key in dataset:
             out[f"dataset.{key}"] = hparam_value(dataset[key])
     if "validation" in dataset:  # the validation split's settings, where the config has them
