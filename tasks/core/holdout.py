@@ -22,6 +22,7 @@ from tasks.core.hashing import stable_hash
 
 TEST = "test"
 HELD_OUT = "held-out"
+MAX_IMAGES = 2**31 - 1  # a count beyond any training split this product decodes
 
 
 class HoldoutError(CifarError):
@@ -58,8 +59,8 @@ def problems(size: Any) -> list[str]:
         return [f"must be a fraction (0.1), a number of images (5000) or 'test', got {size!r}"]
     if isinstance(size, float) and not 0 < size < 1:
         return [f"a fraction must be within (0, 1), got {size}; write a whole number for a count of images"]
-    if isinstance(size, int) and size < 1:
-        return [f"a number of images must be at least 1, got {size}"]
+    if isinstance(size, int) and not 1 <= size <= MAX_IMAGES:
+        return [f"a number of images must be within [1, {MAX_IMAGES:,}], got {size}"]
     return []
 
 
@@ -89,10 +90,13 @@ def split_rows(labels: np.ndarray, holdout: Holdout) -> tuple[np.ndarray, np.nda
         return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
     if problem := problems(holdout.size):
         raise HoldoutError(f"dataset.validation {problem[0]}")
+    what = f"dataset.validation {holdout.size!r} of {n:,} training images"
+    if isinstance(holdout.size, int) and holdout.size >= n:
+        raise HoldoutError(f"{what} would hold out every image, leaving nothing to train on; hold out fewer "
+                           "(a fraction such as 0.1, or a number below the training split's size)")
     classes = np.unique(y)
     per_class = np.array([int((y == c).sum()) for c in classes], dtype=np.int64)
     counts = _counts(per_class, holdout)
-    what = f"dataset.validation {holdout.size!r} of {n:,} training images"
     if counts.sum() < 1:
         raise HoldoutError(f"{what} holds out no image; hold out a larger share, or set "
                            "`validation: test` to validate on the test split")

@@ -47,7 +47,7 @@ class DatasetConfig:
     # The validation split (tasks.core.holdout): a fraction of the training images (0.1), a
     # number of them (5000), or "test" (the notebook's protocol: validate on the test split).
     # Not the download stage's business: it decodes the same cache whatever this says.
-    validation: int | float | Literal["test"] = 0.1
+    validation: int | float | str = 0.1  # checked by problems(): a str must be "test"
     validation_seed: int = 0
     max_extract_mb: int = 2048  # archive-bomb cap on decoded/extracted bytes
     connect_timeout: float = 10.0

@@ -43,7 +43,9 @@ def test_validation_test_holds_out_nothing():
 
 
 @pytest.mark.parametrize("size, words", [
-    (100, "would hold out all 50 images of class 0"),
+    (99, "would hold out all 30 images of class 1"),
+    (100, "would hold out every image"),
+    (10**18, r"must be within \[1, 2,147,483,647\], got 1000000000000000000"),
     (0.001, "holds out no image"),
 ])
 def test_a_split_that_cannot_be_drawn_is_refused_with_its_numbers(size, words):
@@ -52,7 +54,7 @@ def test_a_split_that_cannot_be_drawn_is_refused_with_its_numbers(size, words):
 
 
 @pytest.mark.parametrize("size, ok", [(0.1, True), (5000, True), ("test", True), (1.0, False), (0.0, False),
-                                      (0, False), (-3, False), ("train", False), (True, False), (None, False)])
+                                      (0, False), (-3, False), (2**31, False), ("train", False), (True, False), (None, False)])
 def test_config_values(size, ok):
     assert (problems(size) == []) is ok
 
