@@ -91,6 +91,20 @@ def test_the_first_run_writes_a_complete_run_folder(three_runs):
     assert three_runs.requests_after_first >= 1
 
 
+def test_a_run_validates_on_held_out_training_images_and_reports_both_splits(three_runs):
+    """The default validation split: 10 of the 100 training images (one per class), never trained
+    on (train.json), scored and named in metrics.json and the report; the 40 test images beside."""
+    run_dir = Path(three_runs.first["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["validation"]["protocol"] == "held-out" and metrics["validation_size"] == 10
+    assert metrics["test_size"] == 40 and 0 <= metrics["validation_accuracy"] <= 1
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert meta["training"]["validation"]["train_images"] == 90
+    assert meta["promotion"]["metric"] == "validation_accuracy"
+    html = (run_dir / "report.html").read_text()
+    assert "10 held-out training images (10% per class, seed 0)" in html
+
+
 def test_a_rerun_repeats_nothing(three_runs):
     first, second = three_runs.first, three_runs.second
     assert three_runs.requests_after_second == three_runs.requests_after_first, "a rerun made HTTP requests"

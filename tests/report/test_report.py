@@ -352,3 +352,18 @@ def test_build_report_task_publishes_artifacts_and_caches(runs, prefect_engine):
     with get_client(sync_client=True) as client:
         assert client.read_task_run(task_run_id).run_count == 1
     shutil.rmtree(broken)
+
+
+def test_report_says_what_the_run_was_validated_on(report):
+    """A run saved before validation splits validated on the test split, and the report says the
+    champion was chosen there; a held-out split is named with its size and seed."""
+    from tasks.report.context import holdout_section
+
+    row = re.search(r'id="validation-accuracy">(.*?)</dd>', report["html"], re.S).group(1)
+    assert "on the test split" in row and "saved before validation splits existed" in row
+    assert "the choice of champion among runs is made on the test images" in " ".join(row.split())
+    held = holdout_section({"validation_accuracy": 0.8125, "validation_loss": 0.5, "validation_size": 5000,
+                            "validation": {"protocol": "held-out",
+                                           "described": "5,000 held-out training images (10% per class, seed 0)"}})
+    assert held == {"protocol": "held-out", "described": "5,000 held-out training images (10% per class, seed 0)",
+                    "accuracy": 0.8125, "loss": 0.5, "images": 5000}
