@@ -8,17 +8,7 @@ import shutil
 from pathlib import Path
 
 from tasks.core import runs
-from tasks.core.files import read_json
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from tasks.core.files import pid_alive, read_json
 
 
 def _remove_dir(d: Path) -> None:
@@ -37,7 +27,7 @@ def clean_stale(runs_folder: Path) -> list[str]:
         if not d.name.startswith("."):
             continue
         pid_s = d.name.rsplit("-", 1)[-1]
-        if d.name.startswith(".deleting-") or (d.name.startswith(".tmp-") and pid_s.isdigit() and not _pid_alive(int(pid_s))):
+        if d.name.startswith(".deleting-") or (d.name.startswith(".tmp-") and pid_s.isdigit() and not pid_alive(int(pid_s))):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
     return removed

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import runs, verify
-from tasks.core.files import fsync_dir
+from tasks.core.files import fsync_dir, pid_alive
 from tasks.core.logs import get_logger
 from tasks.core.run_files import read_run_file
 
@@ -173,7 +173,7 @@ def write_events(board_dir: str | os.PathLike, records: list[bytes]) -> Path | N
     board_dir.mkdir(parents=True, exist_ok=True)
     for stale in board_dir.glob(f".{EVENTS}.*.tmp"):  # a killed writer's (pid gone), never a live one's
         pid = stale.name.removeprefix(f".{EVENTS}.").removesuffix(".tmp")
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = board_dir / f".{EVENTS}.{os.getpid()}.tmp"
     try:
@@ -191,16 +191,6 @@ def write_events(board_dir: str | os.PathLike, records: list[bytes]) -> Path | N
         return final
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # =========================================================================== the run
