@@ -243,7 +243,7 @@ def cifar_sweep(
             refused = "; ".join(exc.problems)
             log.error("%s", refused)
     return {
-        "pipeline": pipeline, "sweep": name, "pool": pool, "seeds": p.seeds,
+        "pipeline": pipeline, "sweep": name, "flow_run_id": str(flow_run.id) if flow_run.id else None, "pool": pool, "seeds": p.seeds,
         "points": rows, "page": str(page),
         "children": [vars(c) for c in children],
         "failed": [vars(c) for c in children if c.state != "Completed"],

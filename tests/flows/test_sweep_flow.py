@@ -41,7 +41,7 @@ def run_folders(root: Path) -> list[str]:
 
 
 def models(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "data/models").iterdir() if not p.name.startswith("."))
+    return sorted(p.name for p in (root / "data/models").iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 @pytest.fixture(scope="module")
