@@ -124,7 +124,10 @@ def run_on_pool(p: Plan, settings, pool: str, name: str) -> list[Child]:
     out = []
     for i, seed, fid in submitted:
         fr = final[fid]
-        result = fr.state.result(raise_on_failure=False) if fr.state.is_completed() else None
+        try:  # from Prefect's result storage, which the workers must share with this process
+            result = fr.state.result(raise_on_failure=False) if fr.state.is_completed() else None
+        except Exception as exc:  # noqa: BLE001 - unreadable or missing: said per child, not a crash
+            result = exc
         if isinstance(result, BaseException) and fr.state.is_completed():
             child = Child(i, seed, "Completed (no result)", str(fid), message=(
                 f"its result could not be read ({type(result).__name__}: {result}); workers on other "

@@ -70,7 +70,7 @@ def test_a_sweep_runs_one_ordinary_run_per_point_and_seed(sweeps):
         for run_id in row["runs"]:
             run = sweeps.root / "artifacts/tiny/runs" / run_id
             meta = json.loads((run / "metadata.json").read_text())
-            assert meta["training"]["batch_size"] == batch
+            assert meta["training"]["config"]["batch_size"] == batch
             accs.append(json.loads((run / "metrics.json").read_text())["test_accuracy"])
         assert row["test_accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
         assert row["test_accuracy"]["sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
