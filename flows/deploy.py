@@ -206,12 +206,13 @@ def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
     return lines
 
 
-def register_sweep_deployment(settings: Settings, pool: str, pipeline: str) -> tuple[str, str | None]:
+def register_sweep_deployment(settings: Settings, pool: str, pipeline: str) -> tuple[str, str, str | None]:
     """Register (idempotently) ``cifar/<pipeline>-sweep`` on ``pool`` for ``cifar sweep --pool``:
     the pipeline's deployment as ``deploy`` registers it (pinned ``{pipeline, config}``, its
     ``deploy:`` block, heartbeats, from this checkout) but with no schedule and no concurrency
-    limit, so the pool's workers run a sweep's children side by side. Returns its name and a
-    warning (the config file outside the code the workers pull), or None."""
+    limit, so the pool's workers run a sweep's children side by side. Returns its name, the config
+    parameter its runs carry, and a warning (the config file outside the code the workers pull) or
+    None. One such deployment per pipeline: its pool is the last sweep's."""
     require_server("cifar sweep")
     from flows.cifar import cifar
     from flows.jobs import config_parameter, job_variables, with_heartbeats
@@ -228,4 +229,4 @@ def register_sweep_deployment(settings: Settings, pool: str, pipeline: str) -> t
     source_flow.deploy(work_pool_name=pool, work_queue_name=p.deploy.work_queue, image=p.deploy.image,
                        job_variables=with_heartbeats(job_variables(p.deploy, None)), build=False, push=False,
                        print_next_steps=False, **kwargs)
-    return f"{cifar.name}/{kwargs['name']}", warning
+    return f"{cifar.name}/{kwargs['name']}", config, warning

@@ -104,14 +104,15 @@ def run_on_pool(p: Plan, settings, pool: str, name: str) -> list[Child]:
     from flows.deploy import register_sweep_deployment
 
     log = get_logger()
-    deployment, warning = register_sweep_deployment(settings, pool, p.pipeline)
+    deployment, config, warning = register_sweep_deployment(settings, pool, p.pipeline)
     if warning:
         log.warning("%s", warning)
     submitted: list[tuple[int, int, Any]] = []
     try:
         with interrupts.doing(f"the sweep's runs of {deployment} on work pool {pool!r}"):
             for i, seed, overrides in p.children:
-                fr = run_deployment(deployment, parameters={"overrides": overrides}, timeout=0,
+                fr = run_deployment(deployment, parameters={"overrides": overrides, "config": config},
+                                    timeout=0,
                                     tags=[f"sweep:{name}"],
                                     flow_run_name=f"{p.pipeline} · {point_label(p.points[i])} · seed {seed}")
                 submitted.append((i, seed, fr.id))

@@ -38,7 +38,7 @@ def plot_png(rows: list[dict[str, Any]]) -> bytes:
     from tasks.report.plots import _figure, _png
 
     n = len(rows)
-    fig = _figure(max(6.0, 1.2 * n + 2), 3.6, bottom=1.3)
+    fig = _figure(max(6.0, 1.2 * n + 2), 3.6, bottom=1.0)
     ax = fig.subplots()
     values = []
     for offset, key, label in ((-0.12, "validation_accuracy", "validation"), (0.12, "test_accuracy", "test")):
@@ -51,7 +51,7 @@ def plot_png(rows: list[dict[str, Any]]) -> bytes:
             ys.append(s["mean"])
             errs.append(s.get("sd") or 0.0)
             values += [s["mean"] - (s.get("sd") or 0.0), s["mean"] + (s.get("sd") or 0.0)]
-        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=4, label=label)
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=4, label=label if xs else f"{label} (no values)")
     ax.set_xticks(range(n))
     ax.set_xticklabels([escape(r["point"])[:40] for r in rows], rotation=20, ha="right", fontsize=8)
     ax.set_xlim(-0.6, n - 0.4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -87,9 +88,42 @@ def test_a_sweep_fans_out_over_two_workers_of_a_pool(server, project, procs):
         assert parents == {uuid.UUID(out["flow_run_id"])}, parents  # parented to the sweep's run
         assert client.read_flow_run(uuid.UUID(out["flow_run_id"])).flow_id != children[0].flow_id
 
-    ids = [str(fr.id) for fr in children]
-    took = {w.name: [i for i in ids if re.search(re.escape(i), w.output())] for w in workers}
+    # which worker ran which child: a process worker streams its flow runs' logs
+    took = {w.name: [fr.id for fr in children if f"Flow run '{fr.name}' - Finished in state Completed()" in w.output()]
+            for w in workers}
+    assert sum(len(v) for v in took.values()) == 4, took
     spans = sorted((fr.start_time, fr.end_time) for fr in children)
     overlapped = any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
     assert all(took.values()) or overlapped, (took, spans)
     print(f"runs per worker: { {k: len(v) for k, v in took.items()} }; overlapped: {overlapped}")
+
+
+def test_a_signal_cancels_the_children_a_pooled_sweep_submitted(server, project, procs):
+    """No worker on the pool: the children stay Scheduled, the sweep waits; SIGTERM to its process
+    group ends it within seconds, one line naming the runs it cancelled, and they are cancelled."""
+    import os
+    import signal
+    import time
+
+    from prefect.client.orchestration import SyncPrefectClient
+
+    root, cfg = project
+    pool = f"sweep-idle-{uuid.uuid4().hex[:6]}"
+    env = client_env(server, PYTHONPATH=str(REPO))
+    procs.run("work-pool-create", [exe("prefect"), "work-pool", "create", pool, "--type", "process"], env, timeout=90)
+    sweep = procs.start("cifar-sweep", [sys.executable, "-m", "flows.cli", "sweep", "sw", "--config", str(cfg),
+                                        "--seeds", "3", "--pool", pool], env, cwd=REPO)
+    sweep.wait_for_output("submitted 3 run(s)", timeout=180)
+    t0 = time.monotonic()
+    os.killpg(sweep.pid, signal.SIGTERM)
+    rc = sweep.popen.wait(30)
+    text = sweep.output()
+    assert rc == 143 and time.monotonic() - t0 < 20, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if ln.startswith("interrupted by SIGTERM")]
+    assert len(lines) == 1 and "cancelled 3 run(s) of the sweep" in lines[0], text[-3000:]
+    ids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", lines[0].split("cancelled")[1])
+    assert len(ids) == 3, lines[0]
+    with SyncPrefectClient(api=server[0]) as client:
+        states = [client.read_flow_run(uuid.UUID(i)).state.name for i in ids]
+    assert set(states) <= {"Cancelling", "Cancelled"}, states
