@@ -224,3 +224,19 @@ def test_the_page_escapes_labels_and_embeds_one_plot(tmp_path):
     assert "<script>x" not in html and "&lt;script&gt;x&lt;/script&gt;\\x1b[31m" in html
     assert "&lt;b&gt;note&lt;/b&gt;" in html and html.count("data:image/png;base64,") == 1
     assert "30.00%" in html and "—" in html and not list(tmp_path.glob("sweeps/.*"))  # no temp file left
+
+
+# --------------------------------------------------------------------------- the command's refusals
+def test_the_command_refuses_a_bad_grid_and_a_pool_without_server_before_anything_runs(config, capsys, monkeypatch):
+    from flows.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr("flows.interrupts.install", lambda: None)  # pytest keeps its own signal handlers
+    assert main(["sweep", "tiny", "--config", config, "--grid", "training.batch_size=16,big"]) == 2
+    err = capsys.readouterr().err
+    assert "point training.batch_size=big, seed 7" in err and "expected an integer, got 'big'" in err
+    assert "Traceback" not in err
+    assert main(["sweep", "tiny", "--config", config, "--pool", "gpus"]) == 1
+    err = capsys.readouterr().err
+    assert "cifar sweep needs a Prefect server" in err and "PREFECT_API_URL" in err
+    assert not (Path(config).parent / "artifacts").exists()  # nothing ran, nothing was written
