@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flows.config import load_settings, parse_set
@@ -304,8 +304,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The terminal table (cells escaped by the caller's ``table_rows`` source: point labels come
-    from the command line, run ids from folder names)."""
+    """The terminal table, every cell escaped (point labels come from the command line, run ids
+    from folder names, messages from errors)."""
     from tasks.core.guards_text import escape
 
     cells = [{k: escape(v) for k, v in r.items()} for r in table_rows(rows)]
@@ -316,15 +316,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in cols).rstrip()]
     lines += ["  ".join(r[c].ljust(widths[c]) for c in cols).rstrip() for r in cells]
     return "\n".join(lines)
-
-
-@dataclass
-class Outcome:
-    """What a sweep returns (and ``--json`` prints)."""
-
-    pipeline: str
-    sweep: str
-    points: list[dict[str, Any]]
-    children: list[dict[str, Any]] = field(default_factory=list)
-    page: str | None = None
-    promoted: dict[str, Any] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,20 @@ def test_promote_best_refuses_without_a_validation_accuracy(sweeps):
                       config=str(sweeps.root / "pipelines.yaml"), promote="best")
     assert out["promoted"] is None and "has a validation accuracy" in out["promote_refused"]
     assert run_folders(sweeps.root) == sweeps.runs_after_first
+
+
+def test_a_failed_child_is_reported_and_the_others_still_run(sweeps):
+    from flows.sweep import cifar_sweep
+
+    cfg = sweeps.root / "pipelines.yaml"
+    right = re.search(r"sha256: ([0-9a-f]{64})", cfg.read_text()).group(1)
+    out = cifar_sweep(pipeline="tiny", grid=[f"dataset.sha256={'a' * 64},{right}"], config=str(cfg))
+    bad, good = out["points"]
+    assert [c["state"] for c in out["children"]] == ["Failed", "Completed"]
+    assert bad["n"] == 0 and bad["test_accuracy"]["mean"] is None and bad["runs"] == []
+    assert bad["failed"][0]["state"] == "Failed" and "a" * 64 in bad["failed"][0]["message"]
+    assert good["n"] == 1 and good["runs"][0] in sweeps.runs_after_first  # cached: seed 3, batch 32
+    assert [c["seed"] for c in out["failed"]] == [3]
 
 
 # --------------------------------------------------------------------------- Ctrl-C
