@@ -49,6 +49,7 @@ from tasks.core.numbers import pct
 
 POLL_SECONDS = 2.0
 _cancelled: list[str] = []  # the pool runs a signal cancelled, for the command's last line
+_current: list[str] = []  # the child running here now, for the same line
 
 
 def sweep_name(pipeline: str, when: datetime) -> str:
@@ -58,6 +59,11 @@ def sweep_name(pipeline: str, when: datetime) -> str:
 def _run_name() -> str:
     params = flow_run.parameters or {}
     return f"sweep {params.get('pipeline', '?')} · {datetime.now():%Y-%m-%d %H:%M:%S}"
+
+
+def current_child() -> str | None:
+    """The child of a sweep running here now (``child 2/4 of the sweep (point, seed)``), or None."""
+    return _current[-1] if _current else None
 
 
 def cancelled_by_signal() -> list[str]:
@@ -86,8 +92,10 @@ def run_here(p: Plan) -> list[Child]:
     for n, (i, seed, overrides) in enumerate(p.children, 1):
         label = f"child {n}/{total} of the sweep ({point_label(p.points[i])}, seed {seed})"
         log.info("%s", label)
+        _current[:] = [label]
         with interrupts.doing(label):
             state = cifar(pipeline=p.pipeline, overrides=overrides, config=p.config, return_state=True)
+        _current.clear()
         out.append(_child_from_state(i, seed, state, state.result(raise_on_failure=False)))
         if not state.is_completed():
             log.warning("%s ended %s: %s", label, state.name, out[-1].message)

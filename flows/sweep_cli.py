@@ -64,9 +64,11 @@ def cmd_sweep(args) -> int:
     except BaseException as exc:
         if (signum := interrupts.signal_of(exc)) is None:
             raise
-        from flows.sweep import cancelled_by_signal
+        from flows.sweep import cancelled_by_signal, current_child
 
         line = interrupts.message(f"cifar sweep {args.pipeline}", signum)
+        if (child := current_child()) and child not in line:
+            line += f", in {child}"
         cancelled = cancelled_by_signal()
         if args.pool:
             line += (f"; cancelled {len(cancelled)} run(s) of the sweep not finished yet on work pool "
