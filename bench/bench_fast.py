@@ -17,7 +17,8 @@ recipe's test-time augmentation (metrics.json ``test_accuracy``) and without it
 here, by scoring the run's model.keras again in this process, which must reproduce the stored
 accuracy exactly. The notebook's evaluation (one view) is timed the same way.
 
-``--ablate``: ``fast`` once per piece switched off (one seed; ``--set training.recipe.X=...``);
+``--ablate``: one ``cifar sweep fast --seed S --ablate training.recipe.X=... ...``: the full recipe
+and ``fast`` once per piece switched off (one seed), children one after another, none promoted;
 the TTA rows come from the full run's metrics (every level is scored in one pass).
 ``--plot``: docs/fast_vs_notebook.png, test accuracy against wall seconds for every run.
 
@@ -79,6 +80,11 @@ def run_pipeline(pipeline: str, seed: int, artifacts: Path, env: dict, sets: dic
 
     started = datetime.now(timezone.utc)
     run, wall = cifar_run(pipeline, seed, artifacts, env, _set_args(sets or {}))
+    return run_row(run, pipeline, seed, sets, started, wall)
+
+
+def run_row(run: Path, pipeline: str, seed: int, sets: dict | None, started: datetime, wall: float | None) -> dict:
+    """What a run folder says about time and accuracy."""
     metrics = json.loads((run / "metrics.json").read_text())
     meta = json.loads((run / "metadata.json").read_text())
     history = json.loads((run / "history.json").read_text())["epochs"]
@@ -94,11 +100,36 @@ def run_pipeline(pipeline: str, seed: int, artifacts: Path, env: dict, sets: dic
         "save_stage_seconds": meta["stages"]["save"]["seconds"],
         # a run folder older than this command: the whole run was reused (its times are the original's)
         "trained_now": datetime.fromisoformat(meta["created_at"]) >= started,
-        "command_wall_s": round(wall, 1),
+        "command_wall_s": None if wall is None else round(wall, 1),
         "epochs": training["epochs"], "precision": training.get("precision"), "devices": training.get("devices"),
         "curve": [[h.get("seconds"), h.get("val_accuracy")] for h in history],
         "run": str(run),
     }
+
+
+def run_ablation(rows: list[tuple[str, dict]], seed: int, artifacts: Path, env: dict, base: dict
+                 ) -> list[tuple[str, dict]]:
+    """Every row of ``rows`` (the first the full recipe) in one ``cifar sweep fast --seed S
+    --ablate KEY=V ...``: the base point plus one point per piece switched off (every row of ABLATIONS
+    changes one key). Returns (name, row) per
+    row, from each child's run folder."""
+    from bench.bench_seeds import cifar_sweep
+
+    args = ["--seed", str(seed), *_set_args(base)]
+    for name, sets in rows[1:]:
+        (key, value), = sets.items()
+        args += ["--ablate", f"{key}={json.dumps(value)}"]
+    started = datetime.now(timezone.utc)
+    sweep, wall = cifar_sweep(FAST, artifacts, env, args)
+    points = sweep["points"]
+    by_point = {c["point"]: c for c in sweep["children"]}
+    out = []
+    for name, sets in rows:
+        i = next(k for k, p in enumerate(points) if p["overrides"] == sets)  # the base point is {}
+        row = run_row(Path(by_point[i]["run_dir"]), FAST, seed, {**base, **sets}, started, None)
+        row["sweep_wall_s"] = round(wall, 1)
+        out.append((name, row))
+    return out
 
 
 def time_evaluation(run: str) -> dict:
@@ -249,17 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     bad = [i for i in args.pieces or [] if not 0 <= i < len(ABLATIONS)]
     if bad:
         ap.error(f"--pieces {bad}: rows are 0..{len(ABLATIONS) - 1} of ABLATIONS")
-    if args.ablate:
-        trained = []
+    if args.ablate:  # one `cifar sweep fast --ablate ...`: its children one after another, cached
         rows = ABLATIONS if args.pieces is None else [ABLATIONS[0]] + [
             ABLATIONS[i] for i in args.pieces if i > 0]
-        for name, sets in rows:
-            row = run_pipeline(FAST, args.seed, artifacts, env, {**fast_sets, **sets})
-            trained.append((name, row))
+        trained = run_ablation(rows, args.seed, artifacts, env, fast_sets)
+        for name, row in trained:
             print(f"{name:<36} test {row['test_accuracy']:.4f} plain {row['plain_accuracy']:.4f} "
                   f"train {row['train_seconds']:.0f} s", flush=True)
-            result["ablation"] = ablation_rows(trained[0][1], trained)
-            save()
+        result["ablation"] = ablation_rows(trained[0][1], trained)
+        save()
     else:
         notebook_seeds = args.seeds if args.notebook_seeds is None else args.notebook_seeds
         jobs = [(FAST, s) for s in args.seeds] + [(NOTEBOOK, s) for s in notebook_seeds]

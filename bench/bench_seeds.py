@@ -15,7 +15,8 @@ NOTEBOOK: arrays in memory, ``x / 255``, ``to_categorical``, ``model.fit(shuffle
 model, optimizer and schedule, ``keras.utils.set_random_seed(S)``) for ``--epochs`` epochs on the
 same images, so the two ways' spreads can be compared.
 
-Results: bench/out/seeds.json (per seed: test accuracy, wall seconds, run folder) and a printed
+Results: bench/out/seeds.json (per seed: test accuracy, the run's recorded stage seconds, run
+folder; the sweep's wall seconds; the sweep's own aggregate) and a printed
 summary per way: mean, standard deviation, minimum and maximum.
 """
 
@@ -52,11 +53,33 @@ def cifar_run(pipeline: str, seed: int, artifacts: Path, env: dict[str, str],
     return report.parent, wall
 
 
-def run_seed(pipeline: str, seed: int, artifacts: Path, env: dict[str, str]) -> dict:
-    run, wall = cifar_run(pipeline, seed, artifacts, env)
+def cifar_sweep(pipeline: str, artifacts: Path, env: dict[str, str], args: list[str] | tuple[str, ...] = ()
+                ) -> tuple[dict, float]:
+    """One ``cifar sweep PIPELINE ARGS --json`` as a user types it: its JSON (points, children
+    with their run folders) and the command's wall seconds. A child that did not complete stops
+    the benchmark, naming it."""
+    cmd = [sys.executable, "-m", "flows.cli", "sweep", pipeline, "--set", f"artifacts_dir={artifacts}",
+           *args, "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        out = None
+    if out is None or out.get("failed"):
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return out, wall
+
+
+def seed_row(child: dict) -> dict:
+    """One seed's row from a sweep's child: its run folder's numbers."""
+    run = Path(child["run_dir"])
     metrics = json.loads((run / "metrics.json").read_text())
     meta = json.loads((run / "metadata.json").read_text())
-    return {"seed": seed, "test_accuracy": metrics["test_accuracy"], "wall_s": round(wall, 1),
+    return {"seed": child["seed"], "test_accuracy": metrics["test_accuracy"],
+            "validation_accuracy": child.get("validation_accuracy"),
+            "stages_s": round(sum(s["seconds"] for s in meta["stages"].values()), 1),
             "trained_now": not meta["stages"]["train"]["cache_hit"],
             "train_seconds": meta["stages"]["train"]["seconds"],
             "run": str(run)}
@@ -99,21 +122,29 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    jobs = [("pipeline", s) for s in args.seeds] + [("notebook", s) for s in args.notebook_seeds]
-    for way, seed in jobs:
-        if way == "pipeline":
-            row = run_seed(args.pipeline, seed, artifacts, env)
-            result["runs"].append(row)
-        else:
-            row = run_notebook(seed, args.epochs, env)
-            result["notebook_runs"].append(row)
-        print(f"{way:<9} seed {seed:>4}: test accuracy {row['test_accuracy']:.4f}  ({row['wall_s']:.0f} s)",
-              flush=True)
+
+    def save() -> None:
         for key, runs in (("summary", result["runs"]), ("notebook_summary", result["notebook_runs"])):
             if runs:
                 result[key] = summarise([r["test_accuracy"] for r in runs])
         result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out.write_text(json.dumps(result, indent=2) + "\n")  # after each run: a long sweep can be cut
+        out.write_text(json.dumps(result, indent=2) + "\n")  # after each step: a long benchmark can be cut
+
+    if args.seeds:  # every seed in one `cifar sweep` (its children one after another, cached)
+        sweep, wall = cifar_sweep(args.pipeline, artifacts, env, ["--seed", ",".join(map(str, args.seeds))])
+        result["sweep_wall_s"], result["sweep"] = round(wall, 1), sweep["points"]
+        for child in sweep["children"]:
+            row = seed_row(child)
+            result["runs"].append(row)
+            print(f"pipeline  seed {row['seed']:>4}: test accuracy {row['test_accuracy']:.4f}  "
+                  f"(stages {row['stages_s']:.0f} s{'' if row['trained_now'] else ', cached'})", flush=True)
+        save()
+    for seed in args.notebook_seeds:
+        row = run_notebook(seed, args.epochs, env)
+        result["notebook_runs"].append(row)
+        print(f"notebook  seed {seed:>4}: test accuracy {row['test_accuracy']:.4f}  ({row['wall_s']:.0f} s)",
+              flush=True)
+        save()
     for way, key in (("pipeline", "summary"), ("notebook", "notebook_summary")):
         if key in result:
             s = result[key]

@@ -97,8 +97,10 @@ SCHEDULED_HELP = ("set by the deployment's schedule: with `schedule.retrain: alw
                   "trains a challenger with a fresh seed")
 
 
+# persist_result: the summary (a small dict) is written to Prefect's result storage, so that a
+# sweep reads a pooled child's result from the API (`state.result()`, flows/sweep.py).
 @flow(name="cifar", flow_run_name=_run_name, log_prints=True, on_failure=[on_run_failed],
-      on_crashed=[on_run_failed])
+      on_crashed=[on_run_failed], persist_result=True)
 def cifar(
     pipeline: str = Field("train", description=PIPELINE_HELP),
     overrides: dict[str, Any] | None = Field(None, description=OVERRIDES_HELP),

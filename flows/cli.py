@@ -31,6 +31,7 @@ from flows.failures import disk_fault, quiet_expected_tracebacks  # noqa: E402
 from flows.endpoint_cli import add_endpoint_parser, cmd_endpoint  # noqa: E402
 from flows.predict_cli import add_predict_parser, cmd_predict  # noqa: E402
 from flows.reports_server import port_number  # noqa: E402
+from flows.sweep_cli import add_sweep_parser, cmd_sweep  # noqa: E402
 from tasks.core.errors import CifarError, ConfigError  # noqa: E402
 from tasks.download.errors import TransientDownloadError  # noqa: E402
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_parser(sub, _common)
     add_endpoint_parser(sub, _common)
+    add_sweep_parser(sub, _common)
     return parser
 
 
@@ -335,6 +337,7 @@ COMMANDS = {
     "run": cmd_run, "data": cmd_data, "check": cmd_check, "serve": cmd_serve,
     "deploy": cmd_deploy, "runs": cmd_runs, "report": cmd_report, "predict": cmd_predict, "promote": cmd_promote,
     "reports": cmd_reports, "endpoint": cmd_endpoint, "compare": cmd_compare,
+    "sweep": cmd_sweep,
 }
 
 

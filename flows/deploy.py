@@ -204,3 +204,29 @@ def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
     lines.append(f"start a worker with:  prefect worker start --pool {pool}")
     lines.append("then run:             prefect deployment run cifar/<pipeline> --watch")
     return lines
+
+
+def register_sweep_deployment(settings: Settings, pool: str, pipeline: str) -> tuple[str, str, str | None]:
+    """Register (idempotently) ``cifar/<pipeline>-sweep`` on ``pool`` for ``cifar sweep --pool``:
+    the pipeline's deployment as ``deploy`` registers it (pinned ``{pipeline, config}``, its
+    ``deploy:`` block, heartbeats, from this checkout) but with no schedule and no concurrency
+    limit, so the pool's workers run a sweep's children side by side. Returns its name, the config
+    parameter its runs carry, and a warning (the config file outside the code the workers pull) or
+    None. One such deployment per pipeline: its pool is the last sweep's."""
+    require_server("cifar sweep")
+    from flows.cifar import cifar
+    from flows.jobs import config_parameter, job_variables, with_heartbeats
+
+    p = selected(settings, [pipeline])[0]
+    make_folders(settings)
+    config, warning = config_parameter(settings.config_path, PROJECT_DIR)
+    kwargs = deployment_kwargs(p, Path(config))
+    for key in ("concurrency_limit", "schedules"):  # a sweep's runs go side by side, when it says
+        kwargs.pop(key, None)
+    kwargs.update(name=f"{p.name}-sweep", tags=[*kwargs["tags"], "sweep"],
+                  description=f"The children of `cifar sweep {p.name} --pool`: runs of {p.name} with their overrides")
+    source_flow = cifar if p.deploy.image else cifar.from_source(source=str(PROJECT_DIR), entrypoint=ENTRYPOINT)
+    source_flow.deploy(work_pool_name=pool, work_queue_name=p.deploy.work_queue, image=p.deploy.image,
+                       job_variables=with_heartbeats(job_variables(p.deploy, None)), build=False, push=False,
+                       print_next_steps=False, **kwargs)
+    return f"{cifar.name}/{kwargs['name']}", config, warning

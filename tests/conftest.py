@@ -32,12 +32,14 @@ import pytest
 LONGEST_FIRST = (
     "e2e/test_fault_matrix.py",  # 201 s
     "flows/test_flow.py",  # 183 s
+    "flows/test_sweep_flow.py",  # 174 s (-n 0, 2026-12-07)
     "e2e/test_retraining_e2e.py",  # 179 s
     "e2e/test_fault_matrix_server.py",  # 162 s
     "e2e/test_service_e2e.py",  # 143 s
     "train/test_train.py",  # 129 s
     "e2e/test_zombies_e2e.py",  # 123 s, mostly waiting for heartbeats: overlaps best early
     "e2e/test_e2e.py",  # 123 s
+    "e2e/test_sweep_pool_e2e.py",  # 78-98 s (-n 0, 2026-12-07)
     "flows/test_cli_faults.py",  # 94 s
     "train/test_fast_recipe.py",  # 72 s
     "e2e/test_predict_e2e.py",  # 62 s

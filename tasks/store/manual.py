@@ -54,9 +54,11 @@ def _target(published: list[runs.PublishedRun], registry: dict[str, Any], pipeli
 
 
 def promote_by_hand(artifacts_dir: str | os.PathLike, pipeline: str, run_id: str | None = None, *,
-                    reason: str | None = None, metric: str = "test_accuracy") -> dict[str, Any]:
+                    reason: str | None = None, metric: str = "test_accuracy",
+                    via: str = "`cifar promote`") -> dict[str, Any]:
     """Name ``run_id`` (or, when None, the champion before the current one) the champion of
-    ``pipeline``. Returns what was decided: run_id, replaced, by, reason, at, and ``already``
+    ``pipeline``; ``via`` names the command in the reason recorded (``cifar sweep --promote
+    best`` names itself). Returns what was decided: run_id, replaced, by, reason, at, and ``already``
     when the run was champion already (nothing written)."""
     folder = runs.pipeline_dir(artifacts_dir, pipeline)
     if not runs.runs_dir(folder).is_dir():
@@ -79,7 +81,7 @@ def promote_by_hand(artifacts_dir: str | os.PathLike, pipeline: str, run_id: str
                     "reason": (registry.get("champion") or {}).get("reason", "")}
         value = run.metrics.get(metric)
         said = f": {reason.strip()}" if reason and reason.strip() else ""
-        why = (f"promoted by hand with `cifar promote`{said}" if by == "person" else
+        why = (f"promoted by hand with {via}{said}" if by == "person" else
                f"rolled back from {current} with `cifar promote --previous`{said}")
         if problem:
             why += " (registry.json was damaged and is rewritten)"

@@ -101,7 +101,7 @@ def test_serve_refuses_the_embedded_api_and_says_how_to_start_a_server():
     assert "prefect server start" in r.stderr and "PREFECT_API_URL" in r.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "data", "check", "serve", "deploy", "runs", "report", "predict", "endpoint"])
+@pytest.mark.parametrize("command", ["run", "data", "check", "serve", "deploy", "runs", "report", "predict", "endpoint", "sweep"])
 def test_every_command_has_help_with_config_and_set(command, capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args([command, "--help"])
