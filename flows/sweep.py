@@ -189,9 +189,14 @@ def promote_best(settings, pipeline: str, children: list[Child], name: str) -> d
 
     best = best_by_validation(children)
     if best is None:
-        raise SweepError([f"--promote best: no child of sweep {name} has a validation accuracy (metrics.json "
-                          "validation_accuracy) that verifies, so none can be chosen by it; nothing was "
-                          "promoted. Promote one by hand with `cifar promote` if you must."], "command line")
+        on_test = any(c.validation_protocol == "test" for c in children)
+        why = (" (they validated on the test split, `validation: test`: choosing the best of them there "
+               "would be choosing on the test set; hold training images out with "
+               "--set dataset.validation=0.1)" if on_test else "")
+        raise SweepError([f"--promote best: no child of sweep {name} has a validation accuracy on held-out "
+                          f"images (metrics.json validation_accuracy) that verifies{why}, so none can be chosen "
+                          "by it; nothing was promoted. Promote one by hand with `cifar promote` if you must."],
+                         "command line")
     reason = (f"best validation accuracy {pct(best.validation_accuracy)} of sweep {name} "
               f"({len(children)} child runs; seed {best.seed})")
     done = promote_by_hand(settings.artifacts_dir, pipeline, best.run_id, reason=reason,

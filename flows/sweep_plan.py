@@ -203,7 +203,8 @@ class Child:
     run_id: str | None = None
     run_dir: str | None = None
     test_accuracy: float | None = None
-    validation_accuracy: float | None = None
+    validation_accuracy: float | None = None  # on held-out training images only (never the test split)
+    validation_protocol: str | None = None  # "held-out", "test" (validation: test) or None (older run)
     train_seconds: float | None = None
     damaged: str | None = None
     message: str | None = None
@@ -232,7 +233,10 @@ def read_child(child: Child, run) -> Child:
         child.damaged = run.damaged
     if run.value_verified:
         child.test_accuracy = _number(run.metrics.get("test_accuracy"))
-        child.validation_accuracy = _number(run.metrics.get("validation_accuracy"))
+        record = run.metrics.get("validation") if isinstance(run.metrics.get("validation"), dict) else {}
+        child.validation_protocol = record.get("protocol")
+        if child.validation_protocol == "held-out":  # under `validation: test` it is the test accuracy
+            child.validation_accuracy = _number(run.metrics.get("validation_accuracy"))
     child.train_seconds = _number((run.metadata.get("training") or {}).get("seconds"))
     return child
 
@@ -257,6 +261,7 @@ def aggregate(plan_: Plan, children: list[Child]) -> list[dict[str, Any]]:
             "seeds": [c.seed for c in mine],
             "n": len(good),
             "validation_accuracy": spread([c.validation_accuracy for c in good]),
+            "validation_protocols": sorted({c.validation_protocol or "none" for c in good}),
             "test_accuracy": spread([c.test_accuracy for c in good]),
             "train_seconds": spread([c.train_seconds for c in good])["mean"],
             "runs": list(dict.fromkeys(c.run_id for c in good)),

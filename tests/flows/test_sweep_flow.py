@@ -67,16 +67,19 @@ def test_a_sweep_runs_one_ordinary_run_per_point_and_seed(sweeps):
     assert len(sweeps.runs_after_first) == 4 and len(sweeps.models_after_first) == 4
     for row, batch in zip(first["points"], (16, 32)):
         assert row["point"] == f"training.batch_size={batch}" and row["n"] == 2 and len(row["runs"]) == 2
-        accs = []
+        accs, vals = [], []
         for run_id in row["runs"]:
             run = sweeps.root / "artifacts/tiny/runs" / run_id
             meta = json.loads((run / "metadata.json").read_text())
             assert meta["training"]["config"]["batch_size"] == batch
-            accs.append(json.loads((run / "metrics.json").read_text())["test_accuracy"])
+            metrics = json.loads((run / "metrics.json").read_text())
+            accs.append(metrics["test_accuracy"])
+            vals.append(metrics["validation_accuracy"])
+            assert metrics["validation"]["protocol"] == "held-out" and metrics["validation_size"] == 12
         assert row["test_accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
         assert row["test_accuracy"]["sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
-        # no validation split on this branch yet: shown missing, never the test accuracy instead
-        assert row["validation_accuracy"] == {"mean": None, "sd": None, "n": 0}
+        assert row["validation_accuracy"]["mean"] == pytest.approx(sum(vals) / 2)
+        assert row["validation_protocols"] == ["held-out"]
         assert row["train_seconds"] and row["train_seconds"] > 0
 
 
@@ -108,13 +111,18 @@ def test_the_sweep_publishes_a_page_and_a_table_artifact(sweeps):
     assert table and "training.batch_size=32" in json.dumps(table[0].data), [a.key for a in art]
 
 
-def test_promote_best_refuses_without_a_validation_accuracy(sweeps):
+def test_promote_best_promotes_the_best_child_by_validation_and_trains_nothing(sweeps):
     from flows.sweep import cifar_sweep
 
     out = cifar_sweep(pipeline="tiny", grid=["training.batch_size=16,32"], seeds=2,
                       config=str(sweeps.root / "pipelines.yaml"), promote="best")
-    assert out["promoted"] is None and "has a validation accuracy" in out["promote_refused"]
     assert run_folders(sweeps.root) == sweeps.runs_after_first
+    values = {r: json.loads((sweeps.root / "artifacts/tiny/runs" / r / "metrics.json").read_text())["validation_accuracy"]
+              for r in sweeps.runs_after_first}
+    registry = json.loads((sweeps.root / "artifacts/tiny/registry.json").read_text())
+    champion = registry["champion"]["run_id"]
+    assert out["promoted"]["run_id"] == champion and values[champion] == max(values.values())
+    assert "`cifar sweep --promote best`" in registry["champion"]["reason"]
 
 
 def test_a_failed_child_is_reported_and_the_others_still_run(sweeps):

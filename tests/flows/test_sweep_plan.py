@@ -156,12 +156,14 @@ def test_the_best_child_is_chosen_by_validation_never_by_test():
 
 
 # --------------------------------------------------------------------------- run folders
-def fake_run(artifacts: Path, run_id: str, test: float, validation: float | None, seconds: float = 3.0) -> Path:
-    """A run folder whose files verify: metrics.json (with validation_accuracy when given),
-    metadata.json recording its files' sha256 and the training's seconds."""
+def fake_run(artifacts: Path, run_id: str, test: float, validation: float | None, seconds: float = 3.0,
+             protocol: str = "held-out") -> Path:
+    """A run folder whose files verify: metrics.json (with validation_accuracy and its
+    ``protocol`` when given), metadata.json recording its files' sha256 and the training's seconds."""
     run = runs.run_dir(artifacts, "tiny", run_id)
     run.mkdir(parents=True)
-    metrics = {"test_accuracy": test, **({} if validation is None else {"validation_accuracy": validation})}
+    metrics = {"test_accuracy": test, **({} if validation is None else {
+        "validation_accuracy": validation, "validation": {"protocol": protocol}})}
     atomic_write_json(run / "metrics.json", metrics)
     atomic_write_json(run / "metadata.json", {"pipeline": "tiny", "run_id": run_id, "created_at": "2026-12-01T10:00:00",
                                               "training": {"seconds": seconds}, "files": recorded_files(run)})
@@ -187,6 +189,9 @@ def test_a_child_is_read_through_the_verified_readers(tmp_path):
     assert three.validation_accuracy is None and not three.usable
     gone = read_child(Child(0, 4, "Completed", run_id="r4", run_dir="/nowhere"), None)
     assert "missing" in gone.damaged and not gone.usable
+    fake_run(tmp_path, "r5", 0.5, 0.5, protocol="test")  # validation: test -- the test accuracy, not a held-out one
+    on_test = read_child(Child(0, 5, "Completed", run_id="r5"), published(tmp_path)["r5"])
+    assert on_test.validation_accuracy is None and on_test.validation_protocol == "test"
 
 
 def test_promote_best_names_the_best_by_validation_with_a_reason_naming_the_sweep(tmp_path, config):
@@ -207,8 +212,12 @@ def test_promote_best_names_the_best_by_validation_with_a_reason_naming_the_swee
 
     none = [read_child(Child(0, 1, "Completed", run_id="x"), found["hi-test"])]
     none[0].validation_accuracy = None
-    with pytest.raises(SweepError, match="no child of sweep s has a validation accuracy"):
+    with pytest.raises(SweepError, match="no child of sweep s has a validation accuracy on held-out images"):
         promote_best(settings, "tiny", none, "s")
+    fake_run(art, "on-test", 0.9, 0.9, protocol="test")
+    tested = [read_child(Child(0, 1, "Completed", run_id="on-test"), published(art)["on-test"])]
+    with pytest.raises(SweepError, match="they validated on the test split"):
+        promote_best(settings, "tiny", tested, "s")
 
 
 # --------------------------------------------------------------------------- the page
