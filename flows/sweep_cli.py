@@ -47,6 +47,7 @@ def _import_flow():
 
 def cmd_sweep(args) -> int:
     from flows.sweep_plan import format_table, plan
+    from tasks.core.guards_text import escape
 
     overrides = parse_set(args.overrides)
     checked = plan(args.pipeline, args.config, overrides, args.grid, args.ablate, args.seeds, args.seed)
@@ -80,6 +81,8 @@ def cmd_sweep(args) -> int:
         print(json.dumps(out, indent=2, default=str))
     else:
         print(format_table(out["points"]))
+        for seen in sorted({text for row in out["points"] for text in row.get("validated_on", [])}):
+            print(f"validated on {escape(seen)}")
         for child in out["failed"]:
             print(f"{args.pipeline}: child seed {child['seed']} ended {child['state']}: {child['message']}",
                   file=sys.stderr)

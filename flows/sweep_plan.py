@@ -205,6 +205,7 @@ class Child:
     test_accuracy: float | None = None
     validation_accuracy: float | None = None  # on held-out training images only (never the test split)
     validation_protocol: str | None = None  # "held-out", "test" (validation: test) or None (older run)
+    validation_described: str | None = None  # "200 held-out training images (10% per class, seed 0)"
     train_seconds: float | None = None
     damaged: str | None = None
     message: str | None = None
@@ -235,6 +236,7 @@ def read_child(child: Child, run) -> Child:
         child.test_accuracy = _number(run.metrics.get("test_accuracy"))
         record = run.metrics.get("validation") if isinstance(run.metrics.get("validation"), dict) else {}
         child.validation_protocol = record.get("protocol")
+        child.validation_described = record.get("described") if isinstance(record.get("described"), str) else None
         if child.validation_protocol == "held-out":  # under `validation: test` it is the test accuracy
             child.validation_accuracy = _number(run.metrics.get("validation_accuracy"))
     child.train_seconds = _number((run.metadata.get("training") or {}).get("seconds"))
@@ -262,6 +264,7 @@ def aggregate(plan_: Plan, children: list[Child]) -> list[dict[str, Any]]:
             "n": len(good),
             "validation_accuracy": spread([c.validation_accuracy for c in good]),
             "validation_protocols": sorted({c.validation_protocol or "none" for c in good}),
+            "validated_on": sorted({c.validation_described for c in good if c.validation_described}),
             "test_accuracy": spread([c.test_accuracy for c in good]),
             "train_seconds": spread([c.train_seconds for c in good])["mean"],
             "runs": list(dict.fromkeys(c.run_id for c in good)),
