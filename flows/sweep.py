@@ -242,6 +242,7 @@ def cifar_sweep(
     rows = aggregate(p, children)
     cells = table_rows(rows)
     notes = [f"seeds {', '.join(map(str, p.seeds))}; every child with promote.auto=false"]
+    notes += [f"validation accuracy on {seen}" for seen in sorted({t for r in rows for t in r["validated_on"]})]
     notes += [f"point {rows[c.point]['point']}, seed {c.seed}: {c.state}: {c.message}" for c in children if c.message]
     page = write_page(settings.artifacts_dir, rows, cells, pipeline=pipeline, sweep=name, notes=notes, when=started)
 
