@@ -76,6 +76,23 @@ def require_server(what: str) -> str:
     return url
 
 
+def require_pool(pool: str, what: str) -> None:
+    """A CifarError naming the server and the command that creates it, unless work pool ``pool``
+    exists (Prefect's own deploy would answer a missing one with an HTTP 404 traceback)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            raise CifarError(
+                f"{what}: the Prefect server at {api_url()} has no work pool named {pool!r}; nothing was "
+                f"registered or run. To resolve this: create it (`prefect work-pool create {pool} --type process`), "
+                "start its workers (`prefect worker start --pool " + pool + "`), and run the command again; "
+                "`prefect work-pool ls` lists the pools there.") from None
+
+
 def selected(settings: Settings, only: list[str] | None) -> list[PipelineConfig]:
     if only:
         missing = [n for n in only if n not in settings.pipelines]
@@ -181,6 +198,7 @@ def deploy(settings: Settings, pool: str, only: list[str] | None = None, *,
     ``image`` from the command line over them; and the config path relative to the code the
     workers pull, where the flow run starts."""
     require_server("cifar deploy")
+    require_pool(pool, f"cifar deploy --pool {pool}")
     from flows.cifar import cifar
     from flows.jobs import config_parameter, heartbeat_seconds, heartbeat_warning, job_variables, with_heartbeats
     from flows.predict import cifar_predict
@@ -214,6 +232,7 @@ def register_sweep_deployment(settings: Settings, pool: str, pipeline: str) -> t
     parameter its runs carry, and a warning (the config file outside the code the workers pull) or
     None. One such deployment per pipeline: its pool is the last sweep's."""
     require_server("cifar sweep")
+    require_pool(pool, f"cifar sweep {pipeline} --pool {pool}")
     from flows.cifar import cifar
     from flows.jobs import config_parameter, job_variables, with_heartbeats
 

@@ -384,10 +384,11 @@ def test_every_run_emits_the_events_of_what_it_did(story):
 
 def test_a_completed_event_names_the_pipeline_the_run_and_the_metric(story):
     m1 = metadata_for(story.project, "grow", story.r1)
-    recorded = json.loads(Path(m1["_dir"], "metrics.json").read_text())["test_accuracy"]
+    # the promotion metric: the default, accuracy on the held-out validation images
+    recorded = json.loads(Path(m1["_dir"], "metrics.json").read_text())["validation_accuracy"]
     done1 = next(e for e in story.events[str(story.r1)] if e.event == "cifar.run.completed")
     assert done1.resource["cifar.pipeline"] == "grow" and done1.resource["cifar.run-id"] == m1["run_id"]
-    assert done1.resource["cifar.metric"] == "test_accuracy"
+    assert done1.resource["cifar.metric"] == "validation_accuracy"
     assert float(done1.resource["cifar.metric-value"]) == pytest.approx(recorded, abs=1e-5)
 
 
@@ -402,7 +403,7 @@ def test_the_automations_notify_the_webhook_of_the_promotion_and_the_failure(sto
     assert any("a run of published failed" in s for s in subjects), subjects
     assert any("grow has a new champion" in s for s in subjects), subjects
     promoted = next(p for p in story.hook.posts if "grow has a new champion" in p.get("subject", ""))
-    assert m1["run_id"] in promoted["body"] and "test_accuracy" in promoted["body"]
+    assert m1["run_id"] in promoted["body"] and "validation_accuracy" in promoted["body"]
 
 
 def test_cifar_serve_outlives_every_run(story):

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from runfolders import recorded_files
 from tasks.core import runs
 from tasks.core.errors import ConfigError
 from tasks.core.files import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -245,7 +250,22 @@ def test_the_command_refuses_a_bad_grid_and_a_pool_without_server_before_anythin
     err = capsys.readouterr().err
     assert "point training.batch_size=big, seed 7" in err and "expected an integer, got 'big'" in err
     assert "Traceback" not in err
-    assert main(["sweep", "tiny", "--config", config, "--pool", "gpus"]) == 1
-    err = capsys.readouterr().err
-    assert "cifar sweep needs a Prefect server" in err and "PREFECT_API_URL" in err
+    # --pool without a server: in a process of its own (an engine test's harness, earlier in this
+    # worker, leaves Prefect's settings pointing at its API whatever the environment says)
+    env = {**os.environ, "PREFECT_API_URL": ""}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", "tiny", "--config", config, "--pool", "gpus"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "cifar sweep needs a Prefect server" in done.stderr and "PREFECT_API_URL" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not (Path(config).parent / "artifacts").exists()  # nothing ran, nothing was written
+
+
+def test_a_pool_the_server_does_not_have_is_named_with_what_to_do(config, capsys, monkeypatch, prefect_engine):
+    from flows.cli import main
+
+    monkeypatch.setattr("flows.interrupts.install", lambda: None)
+    assert main(["sweep", "tiny", "--config", config, "--pool", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "has no work pool named 'nope'" in err and "prefect work-pool create nope --type process" in err
+    assert "Traceback" not in err and "404" not in err
