@@ -110,15 +110,3 @@ def fsync_tree(root: str | os.PathLike) -> None:
         elif p.is_dir():
             fsync_dir(p)
     fsync_dir(root)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (one of another user's counts): the
-    owner of a dot-named temp file or folder left behind, before it is swept."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from tasks.core import runs
-from tasks.core.files import pid_alive, read_json
+from tasks.core.files import read_json
+from tasks.core.processes import pid_alive
 
 
 def _remove_dir(d: Path) -> None:

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import runs, verify
-from tasks.core.files import fsync_dir, pid_alive
+from tasks.core.files import fsync_dir
+from tasks.core.processes import pid_alive
 from tasks.core.logs import get_logger
 from tasks.core.run_files import read_run_file
 
