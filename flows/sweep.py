@@ -48,6 +48,7 @@ from tasks.core.logs import get_logger
 from tasks.core.numbers import pct
 
 POLL_SECONDS = 2.0
+NOTE_EVERY_SECONDS = 60.0  # while waiting on a pool: how often to say what the runs are waiting for
 _cancelled: list[str] = []  # the pool runs a signal cancelled, for the command's last line
 _current: list[str] = []  # the child running here now, for the same line
 
@@ -125,7 +126,7 @@ def run_on_pool(p: Plan, settings, pool: str, name: str) -> list[Child]:
                                     flow_run_name=f"{p.pipeline} · {point_label(p.points[i])} · seed {seed}")
                 submitted.append((i, seed, fr.id))
             log.info("submitted %d run(s) of %s to work pool %r; waiting for them", len(submitted), deployment, pool)
-            final = _wait(get_client, [fid for _, _, fid in submitted])
+            final = _wait(get_client, [fid for _, _, fid in submitted], pool)
     except BaseException as exc:
         if interrupts.signal_of(exc) is not None and submitted:
             _cancel(get_client, [fid for _, _, fid in submitted])
@@ -148,20 +149,38 @@ def run_on_pool(p: Plan, settings, pool: str, name: str) -> list[Child]:
     return out
 
 
-def _wait(get_client, ids: list) -> dict:
-    """{flow run id: flow run} once every run is in a final state."""
+def waiting_note(states: list[str], pool: str) -> str:
+    """What a pool sweep is waiting for, from its runs' state names: how many are final, how many
+    run, and -- when some have not started -- the worker they need."""
+    counts: dict[str, int] = {}
+    for name in states:
+        counts[name] = counts.get(name, 0) + 1
+    line = "waiting: " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+    if any(name in ("Scheduled", "Pending", "Late", "AwaitingRetry") for name in counts):
+        line += (f"; a run that has not started waits for a worker of work pool {pool!r} "
+                 f"(`prefect worker start --pool {pool}`) and for its training slot")
+    return line
+
+
+def _wait(get_client, ids: list, pool: str) -> dict:
+    """{flow run id: flow run} once every run is in a final state; every NOTE_EVERY_SECONDS
+    without a run ending, a line saying what they wait for (``waiting_note``)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    log, done = get_logger(), {}
+    log, done, noted = get_logger(), {}, time.monotonic()
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
             for fr in runs:
                 if fr.state and fr.state.is_final() and fr.id not in done:
                     done[fr.id] = fr
+                    noted = time.monotonic()
                     log.info("%s: %s (%d/%d final)", fr.name, fr.state.name, len(done), len(ids))
             if len(done) == len(ids):
                 return done
+            if time.monotonic() - noted >= NOTE_EVERY_SECONDS:
+                log.info("%s", waiting_note([fr.state.name if fr.state else "Unknown" for fr in runs], pool))
+                noted = time.monotonic()
             time.sleep(POLL_SECONDS)
 
 

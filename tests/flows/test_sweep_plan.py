@@ -269,3 +269,12 @@ def test_a_pool_the_server_does_not_have_is_named_with_what_to_do(config, capsys
     err = capsys.readouterr().err
     assert "has no work pool named 'nope'" in err and "prefect work-pool create nope --type process" in err
     assert "Traceback" not in err and "404" not in err
+
+
+def test_a_pool_sweep_says_what_its_runs_wait_for():
+    from flows.sweep import waiting_note
+
+    note = waiting_note(["Completed", "Running", "Scheduled", "Scheduled"], "gpus")
+    assert note.startswith("waiting: 1 Completed, 1 Running, 2 Scheduled; ")
+    assert "work pool 'gpus' (`prefect worker start --pool gpus`)" in note
+    assert waiting_note(["Running", "Completed"], "gpus") == "waiting: 1 Completed, 1 Running"
