@@ -253,3 +253,26 @@ def module_server(tmp_path_factory, **extra_env: str) -> Iterator[tuple[str, Pat
             yield url, home
         log = procs.logs[0]
     print(f"prefect server log ({log}):\n{tail(log, 30)}")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living descendant of ``pid`` (Linux /proc): what a stopped command must not leave."""
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            todo += [k for k in kids if k not in out]
+            out.update(kids)
+    return out
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, already dead, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return False

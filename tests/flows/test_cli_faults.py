@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import descendants, process_alive
 from runfolders import damage, set_key, two_pipelines
 
 pytestmark = pytest.mark.subprocess  # every test here runs the cifar command: not in make test-fast
@@ -88,28 +89,6 @@ def test_runs_of_a_pipeline_that_does_not_exist_is_exit_2_naming_those_that_do(t
 
 
 # =========================================================================== 3. what the user sees
-def _descendants(pid: int) -> set[int]:
-    """Every living descendant of ``pid`` (Linux /proc)."""
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            todo += [k for k in kids if k not in out]
-            out.update(kids)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A tiny local cifar10-binary archive, a pipelines.yaml naming it, and a PREFECT_HOME."""
@@ -151,19 +130,19 @@ def test_a_kill_9_of_cifar_run_leaves_nothing_running(project):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            seen |= _descendants(proc.pid)
+            seen |= descendants(proc.pid)
             if "Beginning flow run" in log.read_text() and seen:
                 break
             time.sleep(0.2)
         assert seen and proc.poll() is None, log.read_text()[-3000:]
-        seen |= _descendants(proc.pid)
+        seen |= descendants(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)  # mid-run: the flow has begun, its server is up
         proc.wait(10)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(p) for p in seen):
+        while time.monotonic() < deadline and any(process_alive(p) for p in seen):
             time.sleep(0.1)
         left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
-                for p in seen if _alive(p)}
+                for p in seen if process_alive(p)}
         assert not left, f"still running after cifar run was killed: {left}"
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from archives import build_binary_archive
+from procs import descendants, process_alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,27 +141,6 @@ def test_a_failed_child_is_reported_and_the_others_still_run(sweeps):
 
 
 # --------------------------------------------------------------------------- Ctrl-C
-def _descendants(pid: int) -> set[int]:
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            todo += [k for k in kids if k not in out]
-            out.update(kids)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(600)
@@ -181,12 +161,12 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_a_rerun_trains_only_the_rest(tmp_pa
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:  # mid-way: the first child is saved
-            seen |= _descendants(proc.pid)
+            seen |= descendants(proc.pid)
             if "child 2/3 of the sweep" in log.read_text():
                 break
             time.sleep(0.2)
         assert proc.poll() is None, log.read_text()[-3000:]
-        seen |= _descendants(proc.pid)
+        seen |= descendants(proc.pid)
         t0 = time.monotonic()
         os.killpg(proc.pid, signum)
         rc = proc.wait(30)
@@ -198,9 +178,9 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_a_rerun_trains_only_the_rest(tmp_pa
         lines = [ln for ln in text.splitlines() if ln.startswith("interrupted by")]
         assert len(lines) == 1 and "child 2/3 of the sweep" in lines[0] and "Run the same command again" in lines[0], text[-2000:]
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(p) for p in seen):
+        while time.monotonic() < deadline and any(process_alive(p) for p in seen):
             time.sleep(0.1)
-        assert not [p for p in seen if _alive(p)], "a process of the sweep outlived it"
+        assert not [p for p in seen if process_alive(p)], "a process of the sweep outlived it"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
