@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.config import load_settings, parse_set
+from tasks.core import runs
 from tasks.core.errors import ConfigError
 from tasks.core.numbers import MISSING, pct
 
@@ -234,7 +235,7 @@ def read_child(child: Child, run) -> Child:
         child.damaged = run.damaged
     if run.value_verified:
         child.test_accuracy = _number(run.metrics.get("test_accuracy"))
-        record = run.metrics.get("validation") if isinstance(run.metrics.get("validation"), dict) else {}
+        record = runs.validation_record(run.metrics)
         child.validation_protocol = record.get("protocol")
         child.validation_described = record.get("described") if isinstance(record.get("described"), str) else None
         if child.validation_protocol == "held-out":  # under `validation: test` it is the test accuracy

@@ -366,8 +366,16 @@ def published_runs(artifacts_dir: str | os.PathLike, pipeline: str | None = None
     return interleaved([pipeline_runs(folder, skipped) for folder in folders])
 
 
+def validation_record(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's ``validation`` entry (protocol, images, spec, seed, split, described;
+    ``tasks.core.holdout.record``), or {} for a run saved before validation splits or a value
+    that is not one."""
+    record = metrics.get("validation")
+    return record if isinstance(record, dict) else {}
+
+
 def _validation_of(run: "PublishedRun") -> dict[str, Any]:
-    record = run.metrics.get("validation") if isinstance(run.metrics.get("validation"), dict) else {}
+    record = validation_record(run.metrics)
     held = run.value_verified and record.get("protocol") == "held-out"
     return {"validation_accuracy": _number(run.metrics.get("validation_accuracy")) if held else None,
             "validation_images": _number(run.metrics.get("validation_size")) if held else None,

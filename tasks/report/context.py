@@ -331,7 +331,7 @@ def holdout_section(metrics: dict[str, Any]) -> dict[str, Any]:
     """What the run was validated on, and how it scored there: the held-out training images
     (``dataset.validation``) or, under ``validation: test`` and for runs saved before validation
     splits, the test split itself -- which the report then says."""
-    record = metrics.get("validation") if isinstance(metrics.get("validation"), dict) else {}
+    record = runs.validation_record(metrics)
     if not record:
         return {"protocol": "test", "described": "the test split (saved before validation splits existed)",
                 "accuracy": metrics.get("test_accuracy"), "loss": metrics.get("test_loss"),

@@ -258,7 +258,7 @@ def on_validation_split(champion: dict[str, Any], pipeline_folder: Path, split: 
     run = by_id.get(str(champion.get("run_id")))
     if run is None or run.damage:
         return champion, cfg, None
-    theirs = (run.metrics.get("validation") or {}) if isinstance(run.metrics.get("validation"), dict) else {}
+    theirs = runs.validation_record(run.metrics)
     if theirs.get("split") == split:
         return champion, cfg, None
     rule = replace(cfg, metric=test_counterpart(cfg.metric))

@@ -257,7 +257,7 @@ def _publish(folder: Path, pipeline_dir: Path, meta: dict[str, Any], metrics: di
         rule = cfg
         if champion is not None:  # validated on the same images, or compared on the test split
             champion, rule, other = promotion.on_validation_split(
-                champion, pipeline_dir, (metrics.get("validation") or {}).get("split"), cfg)
+                champion, pipeline_dir, runs.validation_record(metrics).get("split"), cfg)
             note = "; ".join(n for n in (note, other) if n) or None
         if champion is not None and data is not None and rule.metric.startswith("test_"):
             # the same test images for both, or re-scored
