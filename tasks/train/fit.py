@@ -126,7 +126,8 @@ def recipe_callbacks(cfg: TrainingConfig, n_train: int, callbacks: list, start_e
 
 
 def fit_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stats: dict[str, Any],
-              runtime: Runtime, strategy, callbacks: list, *, verbose: int, holdout: Holdout = Holdout(TEST)):
+              runtime: Runtime, strategy, callbacks: list, *, verbose: int, holdout: Holdout = Holdout(TEST),
+              rows=None):
     """Seed everything, build the inputs and the model, run ``cfg.epochs`` epochs on the training
     rows that ``holdout`` leaves (validating on the held-out ones, or on the test split with
     ``validation: test``): the trained model and the seconds ``fit`` took.
@@ -138,7 +139,7 @@ def fit_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stat
     keras.utils.set_random_seed(cfg.seed)
     fit_args: dict[str, Any] = {}
     start = 0
-    rows = split_of(dataset, holdout)
+    rows = rows if rows is not None else split_of(dataset, holdout)  # drawn once by the caller, if given
     n_train = len(rows[0])
     if cfg.recipe is not None:
         start = recipes.resume_epoch(recipes.backup_of(callbacks))

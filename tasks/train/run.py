@@ -80,7 +80,7 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
     if not force and not trained_problems(out):
         log.info("model %s (%s) already trained: reusing %s", model, key, out)
         return TrainRecord(key=key, path=str(out))
-    split_of(dataset, holdout)  # a split that cannot be drawn fails here, before any lock or slot
+    rows = split_of(dataset, holdout)  # a split that cannot be drawn fails here, before any lock or slot
     strategy = resolve_runtime(cfg, 0).strategy
     chief, role = worker_role(strategy)
     # each process of a multi-worker cluster on this machine holds a slot of its own
@@ -89,7 +89,7 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
     if not chief:  # multi-worker: the chief holds the lock and writes; others just take part
         with training_slot(slots, what, here):
             train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=False,
-                             role=role, extra_callbacks=extra_callbacks, holdout=holdout)
+                             role=role, extra_callbacks=extra_callbacks, holdout=holdout, rows=rows)
         return TrainRecord(key=key, path=str(out))
     with file_lock(lock_path(data_dir, key), what=f"training of {model} ({key})"):
         if not force and not trained_problems(out):
@@ -99,13 +99,13 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
             shutil.rmtree(work_dir(data_dir, key), ignore_errors=True)
         with training_slot(slots, what, here):
             train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=True,
-                             role=role, extra_callbacks=extra_callbacks, holdout=holdout)
+                             role=role, extra_callbacks=extra_callbacks, holdout=holdout, rows=rows)
     return TrainRecord(key=key, path=str(out))
 
 
 def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None, model_name: str, cfg: TrainingConfig,
                      prepare: PrepareSettings, data_dir, key: str, *, chief: bool, role: str,
-                     extra_callbacks: tuple, holdout: Holdout = Holdout(TEST)) -> None:
+                     extra_callbacks: tuple, holdout: Holdout = Holdout(TEST), rows=None) -> None:
     """Fit with epoch backups in the work dir (resuming from one that is there); the chief then
     commits the model folder, a non-chief worker drops its own backup."""
     import tensorflow as tf
@@ -134,12 +134,13 @@ def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None
     log.info("training %s (%s): %d epochs, batch %d, %s on %s, %s, XLA %s", model_name, key,
              cfg.epochs, cfg.batch_size, runtime.strategy, ", ".join(devices_used), runtime.precision,
              "on" if runtime.xla else "off")
-    n_train, n_val = (len(r) for r in split_of(dataset, holdout))
+    rows = rows if rows is not None else split_of(dataset, holdout)  # (train rows, validation rows)
+    n_train, n_val = (len(r) for r in rows)
     if holdout.protocol != TEST:
         log.info("validation: %s; training on the other %d", holdout.describe(n_val), n_train)
     with precision_policy(runtime.precision):
         model, wall = fit_model(model_name, dataset, cfg, stats, runtime, strategy, callbacks,
-                                verbose=1 if chief and sys.stdout.isatty() else 0, holdout=holdout)
+                                verbose=1 if chief and sys.stdout.isatty() else 0, holdout=holdout, rows=rows)
         if not chief:
             shutil.rmtree(backup.parent, ignore_errors=True)
             return
