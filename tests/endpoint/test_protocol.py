@@ -43,8 +43,17 @@ ONE = np.zeros(SHAPE, int).tolist()
     (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0, 99999999999999999999999, 0]", 1), "got mixed values"),
     (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0, , 0]", 1), "malformed JSON"),
     (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0, 0, 0,]", 1), "malformed JSON"),
+    # as many numbers and brackets as the shape's, but not where they belong: one slot holds two
+    # numbers split by whitespace and another none, or a number stands outside its list
+    (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0 0, 0,]", 1), "malformed JSON"),
+    (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0, 0, 0] 7", 1).replace("[0, 0, 0]]", "[0, 0, ]]", 1),
+     "malformed JSON"),
+    (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0,\n0 ,0 ]", 1), None),
 ])
 def test_doubtful_bodies_go_to_the_full_path_which_names_the_error(body, error):
+    if error is None:  # valid JSON, only oddly spaced: both paths read the same images
+        assert np.array_equal(fast_pixels(body.encode(), SHAPE, LIMITS).images, full_path(body.encode()).images)
+        return
     assert fast_pixels(body.encode(), SHAPE, LIMITS) is None
     with pytest.raises(RequestError) as info:
         parse_request(body.encode(), SHAPE, LIMITS)
