@@ -22,7 +22,6 @@ goes to the FastAPI app, with the same error shapes and metrics.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -63,7 +63,7 @@ class EndpointConfig:
 
 def _json(doc: Any, status: int = 200, version: str | None = None) -> Response:
     headers = {VERSION_HEADER: version} if version else None
-    return Response(json.dumps(doc, separators=(",", ":")), status, headers, media_type="application/json")
+    return Response(orjson.dumps(doc), status, headers, media_type="application/json")
 
 
 def _error(status: int, message: str) -> Response:
@@ -159,7 +159,7 @@ class Service:
             future = self.batcher.submit(model, x, ticket)
         answered_by, probs = await asyncio.wrap_future(future)
         version_id = answered_by.ref.run_id
-        self.metrics.images.labels(name).inc(len(x))
+        self.metrics.scored(name, len(x))
         return _json(protocol.predict_response(probs, answered_by.classes, parsed.columnar, version_id),
                      version=version_id)
 

@@ -40,12 +40,27 @@ class Metrics:
         self.version = Gauge("cifar_endpoint_model_version", "1 for the run id each pipeline serves",
                              ["pipeline", "version"], registry=r)
         self.swaps = Counter("cifar_endpoint_swaps", "Champions swapped in while serving", ["pipeline"], registry=r)
+        # each label set's series, looked up once (``labels()`` validates and locks on every call)
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._image_series: dict[str, Any] = {}
 
     def request(self, route: str, pipeline: str, code: int, seconds: float) -> None:
-        self.requests.labels(route, pipeline, str(code)).inc()
-        if code >= 400:
-            self.errors.labels(route, pipeline, str(code)).inc()
-        self.latency.labels(route).observe(seconds)
+        series = self._request_series.get((route, pipeline, code))
+        if series is None:
+            errors = self.errors.labels(route, pipeline, str(code)) if code >= 400 else None
+            series = self._request_series[(route, pipeline, code)] = (
+                self.requests.labels(route, pipeline, str(code)), errors, self.latency.labels(route))
+        requests, errors, latency = series
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
+
+    def scored(self, pipeline: str, images: int) -> None:
+        series = self._image_series.get(pipeline)
+        if series is None:
+            series = self._image_series[pipeline] = self.images.labels(pipeline)
+        series.inc(images)
 
     def batch(self, images: int, _requests: int, seconds: float) -> None:
         self.batch_images.observe(images)
