@@ -156,8 +156,8 @@ class Service:
                     x = await run_in_threadpool(protocol.decode_images, parsed, shape, limits)
             else:
                 x = protocol.decode_images(parsed, shape, limits)
-            future = self.batcher.submit(model, x, ticket)
-        answered_by, probs = await asyncio.wrap_future(future)
+            future = self.batcher.submit(model, x, ticket, asyncio.get_running_loop())
+        answered_by, probs = await future
         version_id = answered_by.ref.run_id
         self.metrics.scored(name, len(x))
         return _json(protocol.predict_response(probs, answered_by.classes, parsed.columnar, version_id),

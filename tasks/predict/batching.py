@@ -10,10 +10,14 @@ that arrive together are scored as one batch, by one thread that owns every mode
   of a hot swap): each model scores its own requests, in one call per model. Every request is
   scored whole by the model it was queued with, and its result names that model.
 - One log line per batch (``log``), and ``on_batch(images, requests, seconds)`` for metrics.
+- A request queued from an event loop (``submit(..., loop=loop)``) gets an asyncio future of that
+  loop: each batch's results reach the loop in one ``call_soon_threadsafe``, not one per request
+  (``asyncio.wrap_future`` costs a thread-safe call and two futures' callbacks per request).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
@@ -38,12 +42,29 @@ class _Ticket:
 class _Job:
     model: Any  # tasks.predict.engine.Scorer, or anything with probabilities(x)
     x: np.ndarray
-    future: Future
+    future: Future | asyncio.Future
+    loop: asyncio.AbstractEventLoop | None = None  # the loop of an asyncio future
+
+    def claim(self) -> bool:
+        """False when the caller no longer waits (its future was cancelled): not scored."""
+        if self.loop is None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.future.cancelled()
+
+
+def _settle(outcomes: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    """On the event loop: each future's result (``ok``) or exception."""
+    for future, ok, value in outcomes:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
 
 class Batcher:
     """Scores queued requests in batches on its own thread; ``submit`` returns a Future of
-    ``(model, probabilities)``."""
+    ``(model, probabilities)`` (an asyncio one with ``loop``)."""
 
     def __init__(self, max_batch: int = 256, max_wait: float = 0.002,
                  on_batch: Callable[[int, int, float], None] | None = None):
@@ -71,13 +92,14 @@ class Batcher:
                 if not ticket.submitted:
                     self._arriving -= 1
 
-    def submit(self, model: Any, x: np.ndarray, ticket: _Ticket | None = None) -> Future:
-        future: Future = Future()
+    def submit(self, model: Any, x: np.ndarray, ticket: _Ticket | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Future | asyncio.Future:
+        future = Future() if loop is None else loop.create_future()
         with self._lock:
             if ticket is not None and not ticket.submitted:
                 ticket.submitted = True
                 self._arriving -= 1
-            self._queue.put(_Job(model, x, future))
+            self._queue.put(_Job(model, x, future, loop))
         return future
 
     def close(self) -> None:
@@ -110,23 +132,24 @@ class Batcher:
 
     def _score(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
-        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]  # drop those whose client left
+        jobs = [j for j in jobs if j.claim()]  # drop those whose client left
         groups: dict[int, list[_Job]] = {}
         for job in jobs:
             groups.setdefault(id(job.model), []).append(job)
+        outcomes: list[tuple[_Job, bool, Any]] = []
         for group in groups.values():
             model = group[0].model
             try:
                 x = group[0].x if len(group) == 1 else np.concatenate([j.x for j in group])
                 probs = model.probabilities(x)
             except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which answers 500
-                for job in group:
-                    job.future.set_exception(exc)
+                outcomes += [(job, False, exc) for job in group]
                 continue
             row = 0
             for job in group:
-                job.future.set_result((model, probs[row:row + len(job.x)]))
+                outcomes.append((job, True, (model, probs[row:row + len(job.x)])))
                 row += len(job.x)
+        self._deliver(outcomes)
         seconds = time.perf_counter() - started
         images = sum(len(j.x) for j in jobs)
         versions = ",".join(sorted({getattr(getattr(g[0].model, "ref", None), "run_id", "?") for g in groups.values()}))
@@ -134,6 +157,21 @@ class Batcher:
                  images, len(jobs), seconds * 1000, versions)
         if self.on_batch is not None:
             self.on_batch(images, len(jobs), seconds)
+
+    @staticmethod
+    def _deliver(outcomes: list[tuple[_Job, bool, Any]]) -> None:
+        """Each job's result to its future: thread futures directly, a loop's futures in one call."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
+        for job, ok, value in outcomes:
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+            elif ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody awaits these
+                loop.call_soon_threadsafe(_settle, items)
 
     def _run(self) -> None:
         while True:

@@ -167,3 +167,32 @@ def test_batcher_waits_only_for_requests_on_their_way_and_scores_each_with_its_m
         assert batches == [(2, 1), (3, 2)]  # (images, requests): one batch, two models
     finally:
         batcher.close()
+
+
+def test_a_batch_reaches_the_event_loop_in_one_call(saved_runs):
+    import asyncio
+
+    from tasks.predict.batching import Batcher
+    from tasks.predict.engine import Scorer
+    from tasks.predict.resolve import resolve_model
+
+    cat = Scorer(resolve_model(saved_runs["artifacts"], "tiny", saved_runs["tiny"][0]))
+    x = np.zeros((2, 32, 32, 3), np.uint8)
+    batches = []
+    batcher = Batcher(max_batch=256, max_wait=0.5, on_batch=lambda *b: batches.append(b[:2]))
+
+    async def three_requests():
+        loop, calls = asyncio.get_running_loop(), []
+        threadsafe = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args: calls.append(args[0]) or threadsafe(*args)
+        with batcher.arriving() as a, batcher.arriving() as b, batcher.arriving() as c:
+            futures = [batcher.submit(cat, x, ticket, loop) for ticket in (a, b, c)]
+        assert all(isinstance(f, asyncio.Future) for f in futures)
+        return await asyncio.gather(*futures), calls
+
+    try:
+        results, calls = asyncio.run(three_requests())
+    finally:
+        batcher.close()
+    assert batches == [(6, 3)] and len(calls) == 1  # one batch, one hand-off to the loop
+    assert all(model is cat and probs.argmax(axis=1).tolist() == [0, 0] for model, probs in results)
