@@ -622,6 +622,21 @@ def test_a_batch_keeps_model_inputs_not_file_bytes(project):
     assert peak < 32 << 20, f"{peak / 2**20:.0f} MiB"
 
 
+def test_small_batches_score_on_one_thread_with_the_same_answers(project):
+    from tasks.predict.engine import SMALL_BATCH, Scorer
+    from tasks.predict.resolve import resolve_model
+
+    ref = resolve_model(project["root"] / "artifacts", "tiny", project["runs"]["fit"].run_id)
+    scorer = Scorer(ref, threads=2)
+    one = Scorer(ref, threads=1)
+    assert scorer._small is not scorer._runner and one._small is one._runner
+    x = np.asarray(project["data"].x_test)[np.arange(SMALL_BATCH + 1) % 24]
+    whole = scorer.probabilities(x)  # on the two-thread interpreter
+    parts = [scorer.probabilities(x[:SMALL_BATCH]), scorer.probabilities(x[SMALL_BATCH:])]  # on the one-thread one
+    np.testing.assert_allclose(whole, np.concatenate(parts), rtol=1e-5, atol=1e-6)
+    assert len(set(whole.argmax(axis=1))) > 1  # a model whose answers depend on the image
+
+
 def test_hostile_names_and_fifos_through_cifar_predict(project, photos, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
