@@ -69,11 +69,26 @@ def parse_body(body: bytes, limits: Limits) -> Any:
 
 
 # The common request, pixels only: {"instances": [[[[0,1,...]]]]} or {"inputs": ...}, no other key.
-_PIXELS_ONLY = re.compile(rb'\s*\{\s*"(instances|inputs)"\s*:\s*(\[[\[\],0-9 \t\r\n]*\])\s*\}\s*')
-_WHITESPACE, _DIGITS = b" \t\r\n", b"0123456789"
+# The list between the two is checked character by character in ``fast_pixels``, not by a pattern.
+_JSON_SPACE = b" \t\r\n"
+_PIXELS_HEAD = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"(instances|inputs)"[ \t\r\n]*:[ \t\r\n]*(?=\[)')
+_DIGITS = b"0123456789"
 _SPACES = bytes.maketrans(b"[],", b"   ")
 # '[' -> 1, ',' -> 3, ']' -> 2, digits -> 0: a pair (left & 1, right & 2) is an empty slot: "[,", ",,", ",]", "[]"
 _SLOT_CODES = bytes.maketrans(b"[,]" + _DIGITS, bytes([1, 3, 2]) + bytes(10))
+
+
+def _pixel_list(body: bytes) -> tuple[bool, bytes] | None:
+    """(columnar, the list's text) of a body ``{"instances": [...]}`` or ``{"inputs": [...]}``
+    with no other key; None for any other body."""
+    head = _PIXELS_HEAD.match(body)
+    if head is None:
+        return None
+    inner = body.rstrip(_JSON_SPACE)
+    if not inner.endswith(b"}"):
+        return None
+    text = body[head.end():len(inner) - 1].rstrip(_JSON_SPACE)
+    return (head.group(1) == b"inputs", text) if text.endswith(b"]") else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -89,7 +104,7 @@ def _has_empty_slot(compact: bytes) -> bool:
     """Whether a list without whitespace has a place for a number with none in it ("[,", ",,",
     ",]", "[]")."""
     codes = np.frombuffer(compact.translate(_SLOT_CODES), np.uint8)
-    return bool(np.any(codes[:-1] & (codes[1:] >> 1) & 1))
+    return np.count_nonzero(codes[:-1] & (codes[1:] >> 1) & 1) > 0
 
 
 def fast_pixels(body: bytes, shape: tuple[int, ...], limits: Limits) -> PredictRequest | None:
@@ -98,28 +113,31 @@ def fast_pixels(body: bytes, shape: tuple[int, ...], limits: Limits) -> PredictR
     any other body, or any doubt (a shape, value or number format the full path must judge),
     so the full path gives the same answer or names the error.
 
-    Why that is exact: the brackets and commas must be those of (n, *shape), so there are as many
-    places for a number as the shape has values; with whitespace removed, none of those places is
-    empty; and NumPy finds exactly that many numbers in the text. So every place holds one number
-    and no number stands elsewhere or is split by whitespace ("1 2"). The digits counted are
-    those of the numbers written without leading zeros, and none passes 255."""
-    match = _PIXELS_ONLY.fullmatch(body)
-    if match is None:
+    Why that is exact: without whitespace and digits, the list must be the brackets and commas
+    of (n, *shape), nothing else (so it holds no other character), with as many places for a
+    number as the shape has values; with whitespace removed, none of those places is empty; and
+    NumPy finds exactly that many numbers in the text. So every place holds one number and no
+    number stands elsewhere or is split by whitespace ("1 2"). The digits counted are those of
+    the numbers written without leading zeros (so no number has more than 3), and none passes 255."""
+    found = _pixel_list(body)
+    if found is None:
         return None
-    text = match.group(2)
-    compact = text.translate(None, _WHITESPACE)
+    columnar, text = found
+    compact = text.translate(None, _JSON_SPACE)
     skeleton = compact.translate(None, _DIGITS)
     n, rest = divmod(len(skeleton) - 1, len(_skeleton(tuple(shape))) + 1)
     if rest or not 1 <= n <= limits.max_instances or skeleton != _skeleton((n, *shape)):
         return None
     values = np.fromstring(text.translate(_SPACES), dtype=np.int64, sep=" ")
     size = n * math.prod(shape)
-    if values.size != size or values.max() > 255 or values.min() < 0 or _has_empty_slot(compact):
+    if values.size != size or _has_empty_slot(compact):
         return None
     digits = len(compact) - len(skeleton)
     if digits != size + np.count_nonzero(values >= 10) + np.count_nonzero(values >= 100):
-        return None  # a number with leading zeros ("007"): not JSON
-    return PredictRequest(match.group(1) == b"inputs", values.astype(np.uint8).reshape(n, *shape))
+        return None  # a number with leading zeros ("007") is not JSON; a longer one not a pixel
+    if values.max() > 255:
+        return None
+    return PredictRequest(columnar, values.astype(np.uint8).reshape(n, *shape))
 
 
 def parse_request(body: bytes, shape: tuple[int, ...], limits: Limits) -> PredictRequest:

@@ -49,6 +49,8 @@ ONE = np.zeros(SHAPE, int).tolist()
     (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0, 0, 0] 7", 1).replace("[0, 0, 0]]", "[0, 0, ]]", 1),
      "malformed JSON"),
     (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0,\n0 ,0 ]", 1), None),
+    (json.dumps({"instances": [ONE]}).replace('"instances":', '"instances"\f:', 1), "malformed JSON"),  # not JSON space
+    (json.dumps({"instances": [ONE]}).replace("[0, 0, 0]", "[0, 1e0, 0]", 1), "got numbers with a fraction"),
 ])
 def test_doubtful_bodies_go_to_the_full_path_which_names_the_error(body, error):
     if error is None:  # valid JSON, only oddly spaced: both paths read the same images
