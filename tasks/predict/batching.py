@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +33,23 @@ import numpy as np
 log = logging.getLogger("cifar.endpoint")
 
 
-@dataclass
 class _Ticket:
-    submitted: bool = False
+    """A request on its way to a ``Batcher`` (a context manager: see ``Batcher.arriving``)."""
+
+    __slots__ = ("batcher", "submitted")
+
+    def __init__(self, batcher: Batcher):
+        self.batcher, self.submitted = batcher, False
+
+    def __enter__(self) -> _Ticket:
+        with self.batcher._lock:
+            self.batcher._arriving += 1
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if not self.submitted:  # set by ``submit``, on the caller's thread
+            with self.batcher._lock:
+                self.batcher._arriving -= 1
 
 
 @dataclass
@@ -77,20 +91,12 @@ class Batcher:
         self._thread.start()
 
     # ------------------------------------------------------------------ callers
-    @contextlib.contextmanager
-    def arriving(self) -> Iterator[_Ticket]:
-        """Say a request is on its way (while its body is read and parsed): the batcher waits
-        for it, up to ``max_wait``, rather than scoring without it. Pass the ticket to
-        ``submit``, which ends the wait for it as it queues the request, in one step."""
-        ticket = _Ticket()
-        with self._lock:
-            self._arriving += 1
-        try:
-            yield ticket
-        finally:
-            with self._lock:
-                if not ticket.submitted:
-                    self._arriving -= 1
+    def arriving(self) -> _Ticket:
+        """Say a request is on its way (``with batcher.arriving() as ticket:``, while its body is
+        read and parsed): the batcher waits for it, up to ``max_wait``, rather than scoring
+        without it. Pass the ticket to ``submit``, which ends the wait for it as it queues the
+        request, in one step. (A class, not a generator: it is on every request's path.)"""
+        return _Ticket(self)
 
     def submit(self, model: Any, x: np.ndarray, ticket: _Ticket | None = None,
                loop: asyncio.AbstractEventLoop | None = None) -> Future | asyncio.Future:

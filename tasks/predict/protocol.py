@@ -104,7 +104,7 @@ def _has_empty_slot(compact: bytes) -> bool:
     """Whether a list without whitespace has a place for a number with none in it ("[,", ",,",
     ",]", "[]")."""
     codes = np.frombuffer(compact.translate(_SLOT_CODES), np.uint8)
-    return np.count_nonzero(codes[:-1] & (codes[1:] >> 1) & 1) > 0
+    return np.count_nonzero(codes[:-1] & (codes[1:] >> 1)) > 0  # codes are 0-3: the AND is 0 or 1
 
 
 def fast_pixels(body: bytes, shape: tuple[int, ...], limits: Limits) -> PredictRequest | None:
@@ -234,12 +234,12 @@ def parse_predict(doc: Any, shape: tuple[int, ...], limits: Limits) -> PredictRe
 
 def decode_images(request: PredictRequest, shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
     """The request's images as one uint8 batch (N, H, W, C): b64 PNG/JPEG decoded and resized."""
+    if isinstance(request.images, np.ndarray):
+        return request.images
     from tasks.core.errors import CifarError
     from tasks.core.images import decode_image
     from tasks.predict.imaging import to_model_input
 
-    if isinstance(request.images, np.ndarray):
-        return request.images
     out = np.empty((len(request.images), *shape), np.uint8)
     for i, img in enumerate(request.images):
         if isinstance(img, bytes):
