@@ -139,3 +139,50 @@ def test_json_bounds_are_measured_before_parsing():
         loads_bounded(b" " * 101, 100, 2)
     with pytest.raises(JSONLimitError, match="string is not terminated"):
         loads_bounded(b'["abc', 100, 2)
+
+
+def _receiving(*messages: dict):
+    """An ASGI ``receive`` giving ``messages`` in turn."""
+    pending = iter(messages)
+
+    async def receive() -> dict:
+        return next(pending)
+    return receive
+
+
+def test_a_body_is_read_whole_within_its_cap_from_the_asgi_messages():
+    import asyncio
+
+    from flows.endpoint import ClientGone, read_capped
+    from tasks.predict.errors import RequestError
+
+    def two_chunks():
+        return _receiving({"type": "http.request", "body": b"ab", "more_body": True},
+                          {"type": "http.request", "body": b"cd", "more_body": False})
+
+    assert asyncio.run(read_capped(two_chunks(), b"4", 4)) == b"abcd"
+    assert asyncio.run(read_capped(two_chunks(), None, 4)) == b"abcd"  # chunked: no Content-Length
+    with pytest.raises(RequestError, match="request body is larger than the 3 bytes allowed") as info:
+        asyncio.run(read_capped(two_chunks(), None, 3))
+    assert info.value.status == 413
+    with pytest.raises(RequestError, match="request body of 5 bytes is larger than the 4 bytes"):
+        asyncio.run(read_capped(_receiving(), b"5", 4))  # refused before a byte is read
+    with pytest.raises(ClientGone):
+        asyncio.run(read_capped(_receiving({"type": "http.request", "body": b"a", "more_body": True},
+                                           {"type": "http.disconnect"}), None, 10))
+
+
+def test_a_client_that_leaves_before_its_body_arrives_is_counted_as_499_without_a_traceback(endpoint, caplog):
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", endpoint.base_url.port)) as raw:
+        raw.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"instances\": [")
+    deadline = time.monotonic() + 10
+    while 'code="499"' not in (metrics := endpoint.get("/metrics").text):
+        assert time.monotonic() < deadline, "no 499 counted"
+        time.sleep(0.02)
+    assert 'cifar_endpoint_errors_total{code="499",pipeline="tiny",route="predict"} 1.0' in metrics
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+    assert endpoint.post(PREDICT, json={"instances": [IMG]}).status_code == 200
