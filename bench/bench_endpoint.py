@@ -8,8 +8,8 @@ The model: the ``train`` pipeline's ``seed_cnn`` (the course notebook's CNN, 624
 untrained (scoring costs the same). Each server is its own process, started by this script
 (``serve`` below) on 127.0.0.1; the clients are asyncio streams in this process, sending
 pre-built HTTP/1.1 keep-alive requests (``{"instances": [...]}``, uint8 nested lists) so that the
-client costs as little CPU as possible on the same cores. Servers, all the same FastAPI + uvicorn
-app (``flows/endpoint.py``):
+client costs as little CPU as possible on the same cores. Servers, all the same app on uvicorn
+(``flows/endpoint.py``: predict requests on the bare ASGI messages, other routes through FastAPI):
 
 - ``keras``: the baseline: the run's model.keras in TensorFlow (``predict_on_batch``, the input
   scaled as the model was trained), one request per scoring call (no batching);

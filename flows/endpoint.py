@@ -57,7 +57,7 @@ class EndpointConfig:
     max_wait: float = 0.002  # seconds a batch waits for requests already arriving
     poll: float = 1.0  # seconds between looks at each registry.json
     retry: float = 10.0  # seconds before a champion that failed to load is tried again
-    threads: int | None = None  # LiteRT's threads per model (default: the machine's cores)
+    threads: int | None = None  # LiteRT's threads for batches over engine.SMALL_BATCH (default: the cores)
     limits: protocol.Limits = protocol.Limits()
 
 

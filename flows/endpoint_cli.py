@@ -27,7 +27,8 @@ def add_endpoint_parser(sub, common) -> None:
     cmd.add_argument("--batch-wait-ms", type=float, default=2.0, metavar="MS",
                      help="how long a batch waits for requests already arriving (default: %(default)s)")
     cmd.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="LiteRT threads per model (default: the machine's cores)")
+                     help="LiteRT threads per model for batches of more than 16 images (default: the "
+                          "machine's cores; smaller batches use one thread)")
     cmd.add_argument("--access-log", action="store_true", help="log every request (default: one line per batch)")
     common(cmd)
 
