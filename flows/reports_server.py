@@ -126,6 +126,10 @@ class _Server(ThreadingHTTPServer):
     or times out is one line, not a traceback."""
 
     daemon_threads = True
+    # A burst of connects waits in the kernel's queue until accepted (and refused at once when
+    # the server is full): with socketserver's default of 5, the rest of a burst sat in SYN
+    # retransmits, 1 s, 3 s, 7 s... before the server even saw them.
+    request_queue_size = 128
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -6,11 +6,15 @@ bytes out; matplotlib is imported only when a plot is drawn.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import math
+import pickle
+import threading
 import warnings
 from datetime import datetime
 from typing import Any
@@ -65,16 +69,66 @@ def missing_glyphs(texts) -> list[str]:
 def _drawn(plot):
     """Decorator for a plot function: its text is drawn as written (no mathtext, so a class named
     ``$\\foo$`` or ``price $5`` prints as is; no LaTeX even if a matplotlibrc asks for it), with
-    the fallback fonts, and without matplotlib's missing-glyph warnings (the report says so)."""
+    the fallback fonts, and without matplotlib's missing-glyph warnings (the report says so).
+    The same data drawn again in this process is not drawn again (``_drawings``)."""
     @functools.wraps(plot)
     def draw(*args, **kwargs):
         import matplotlib
 
+        key = _drawings.key(plot.__qualname__, args, kwargs)
+        png = _drawings.get(key)
+        if png is not None:
+            return png
         style = {"text.parse_math": False, "text.usetex": False, "font.family": list(font_families())}
         with _quiet_fonts(), matplotlib.rc_context(style), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
-            return plot(*args, **kwargs)
+            png = plot(*args, **kwargs)
+        _drawings.put(key, png)
+        return png
     return draw
+
+
+class _Drawings:
+    """The last ``size`` pictures drawn in this process, by a digest of what they were drawn from:
+    the index is rendered again after every run (and a report after each promotion), and all
+    but one pipeline's pictures are the same as last time; drawing one costs ~0.15 s. Bounded
+    (a few MB); a picture whose inputs cannot be pickled is simply drawn every time."""
+
+    def __init__(self, size: int = 64):
+        self.size, self._items, self._lock = size, collections.OrderedDict(), threading.Lock()
+
+    @staticmethod
+    def key(name: str, args: tuple, kwargs: dict) -> str | None:
+        try:
+            blob = pickle.dumps((name, args, sorted(kwargs.items())), protocol=5)
+        except Exception:  # noqa: BLE001 - not picklable: no memo, the plot is drawn
+            return None
+        return hashlib.blake2b(blob, digest_size=20).hexdigest()
+
+    def get(self, key: str | None) -> bytes | None:
+        if key is None:
+            return None
+        with self._lock:
+            png = self._items.get(key)
+            if png is not None:
+                self._items.move_to_end(key)
+            return png
+
+    def put(self, key: str | None, png: bytes) -> None:
+        if key is None or not isinstance(png, bytes):
+            return
+        with self._lock:
+            self._items[key] = png
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_drawings = _Drawings()
 
 
 @contextlib.contextmanager
