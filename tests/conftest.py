@@ -25,7 +25,7 @@ import pytest
 
 
 # The files that take longest (seconds on one worker, pytest --durations, 2026-12-07, 2 vCPU AVX2
-# host), started first: with `-n 2 --dist loadfile --no-loadscope-reorder` the two workers take
+# host), started first: with `-n 3 --dist loadfile --no-loadscope-reorder` the workers take
 # files in this order, longest first, so the last file to start is a short one. (xdist's default
 # order, most tests first, started the 200 s fault matrix last.) Only the order: nothing else
 # depends on this list, and a file missing from it runs after these.
