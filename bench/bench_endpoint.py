@@ -14,7 +14,9 @@ client costs as little CPU as possible on the same cores. Servers, all the same 
 - ``keras``: the baseline: the run's model.keras in TensorFlow (``predict_on_batch``, the input
   scaled as the model was trained), one request per scoring call (no batching);
 - ``litert-unbatched``: the endpoint's LiteRT model, one request per scoring call;
-- ``litert``: the endpoint as shipped (batching: 2 ms bound, 256 images).
+- ``litert``: the endpoint as shipped (batching: 2 ms bound, 256 images);
+- ``keras-first``: the second baseline, the Keras server a user writes first
+  (``bench/endpoint_first.py``: a FastAPI route, the body parsed into a dict, ``model.predict``).
 
 Each cell runs 0.5 s of warm-up, then ``--seconds`` measured; every response's status is checked.
 Memory: the server's resident set after its cells (VmRSS) and its peak (VmHWM).
@@ -40,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "out" / "endpoint"
 PIPELINE = "bench"
 SERVERS = {"keras": {"load": "keras", "max_batch": 1}, "litert-unbatched": {"load": "litert", "max_batch": 1},
-           "litert": {"load": "litert", "max_batch": 256}}
+           "litert": {"load": "litert", "max_batch": 256}, "keras-first": {"load": "keras-first", "max_batch": 1}}
 CLIENTS = (1, 8, 32)
 IMAGES = (1, 64)
 
@@ -123,6 +125,13 @@ def serve(load: str, port: int, max_batch: int) -> None:
     from flows.endpoint import EndpointConfig, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if load == "keras-first":  # the second baseline: the FastAPI + model.predict app a user writes first
+        from bench.endpoint_first import first_app
+        from tasks.predict.resolve import resolve_model
+
+        app = first_app(KerasScorer(resolve_model(WORK / "artifacts", PIPELINE)))
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
     loader = KerasScorer if load == "keras" else None
     threads = int(os.environ["BENCH_THREADS"]) if os.environ.get("BENCH_THREADS") else None
     app = create_app(WORK / "artifacts", [PIPELINE], loader, EndpointConfig(max_batch=max_batch, threads=threads))
@@ -178,6 +187,10 @@ def cell(port: int, clients: int, images: int, seconds: float) -> dict:
             "p99_ms": float(np.percentile(lat, 99)) if n else None}
 
 
+def _ms(value: float | None) -> str:
+    return "   none" if value is None else f"{value:7.2f}"  # no request finished inside the cell
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -220,7 +233,7 @@ def bench_server(name: str, seconds: float) -> dict:
                 cells.append(cell(port, clients, images, seconds))
                 c = cells[-1]
                 print(f"{name:>17} {images:>3} img x {clients:>2} clients: {c['requests_per_s']:8.1f} req/s "
-                      f"{c['images_per_s']:8.1f} img/s p50 {c['p50_ms']:7.2f} ms p99 {c['p99_ms']:7.2f} ms"
+                      f"{c['images_per_s']:8.1f} img/s p50 {_ms(c['p50_ms'])} ms p99 {_ms(c['p99_ms'])} ms"
                       f"{'  FAILURES ' + str(c['failures']) if c['failures'] else ''}", flush=True)
         return {"server": name, **spec, "ready_s": ready_s, "idle_rss_mb": idle["rss_mb"], **_memory(proc.pid),
                 "cells": cells}
@@ -258,14 +271,19 @@ def main(argv: list[str] | None = None) -> int:
            "servers": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
-    base = {(c["clients"], c["images"]): c for c in results[0]["cells"]}
-    print("\n| server | images/request | clients | requests/s | images/s | p50 ms | p99 ms | vs keras |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    # ratios against the first server, and against the user-first app when it ran
+    baselines = [results[0]] + [r for r in results[1:] if r["server"] == "keras-first"]
+    cells_of = [{(c["clients"], c["images"]): c for c in b["cells"]} for b in baselines]
+    print("\n| server | images/request | clients | requests/s | images/s | p50 ms | p99 ms | "
+          + " | ".join(f"vs {b['server']}" for b in baselines) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(baselines))
     for r in results:
         for c in r["cells"]:
-            ratio = c["images_per_s"] / max(base[(c["clients"], c["images"])]["images_per_s"], 1e-9)
+            ratios = [c["images_per_s"] / max(base[(c["clients"], c["images"])]["images_per_s"], 1e-9)
+                      for base in cells_of]
             print(f"| {r['server']} | {c['images']} | {c['clients']} | {c['requests_per_s']:.0f} | "
-                  f"{c['images_per_s']:.0f} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {ratio:.1f}x |")
+                  f"{c['images_per_s']:.0f} | {_ms(c['p50_ms']).strip()} | {_ms(c['p99_ms']).strip()} | "
+                  + " | ".join(f"{x:.1f}x" for x in ratios) + " |")
     print("\n| server | ready after | RSS idle | RSS after | peak RSS |")
     print("|---|---:|---:|---:|---:|")
     for r in results:
