@@ -192,3 +192,42 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_a_rerun_trains_only_the_rest(tmp_pa
     assert out["points"][0]["n"] == 3 and len(models(tmp_path)) == 3
     assert set(trained) <= set(models(tmp_path))
     assert again.stderr.count("epoch 1/1 ") == 2, again.stderr[-3000:]  # only the two missing ones trained
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(300)
+def test_a_kill_9_mid_training_leaves_no_process_and_no_training_slot(tmp_path):
+    """kill -9 to the sweep's process group while a child trains (the machine's training slot
+    held): everything it started is gone (its temporary API dies with it) and the slot is free.
+    What a rerun does after an interruption is the Ctrl-C test's; after a kill -9 of a run,
+    tests/e2e/test_fault_matrix.py's."""
+    from tasks.train.slots import holders
+
+    cfg = tiny_project(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "sweep", "tiny", "--config", str(cfg),
+                                 "--seeds", "2"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and "training seed_cnn" not in log.read_text():
+            seen |= descendants(proc.pid)
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        seen |= descendants(proc.pid)
+        assert holders(), "the training child should hold the slot: " + log.read_text()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(process_alive(p) for p in seen):
+            time.sleep(0.1)
+        assert not [p for p in seen if process_alive(p)], "a process of the sweep outlived its kill -9"
+        assert holders() == [], "the training slot outlived the sweep's kill -9"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
