@@ -41,8 +41,9 @@ test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 # The edit loop: every test that needs neither the Prefect engine nor real server or CLI processes.
+# These keep the cores busy (no waiting on servers): one worker per core, not make test's three.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not engine and not e2e"
+	$(BIN)/python -m pytest -n 2 -m "not engine and not e2e"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
