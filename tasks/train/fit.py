@@ -18,6 +18,7 @@ from tasks.train.config import OptimizerConfig, RecipeConfig, TrainingConfig, Tr
 from tasks.train.devices import Runtime
 from tasks.train.inputs import make_dataset, recipe_dataset
 from tasks.train.models import as_probabilities, build_model, model_options, outputs_logits
+from tasks.train.seeding import seeded
 
 
 def make_optimizer(cfg: OptimizerConfig):
@@ -134,9 +135,15 @@ def fit_model(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stat
 
     ``callbacks`` include BackupAndRestore, so an interrupted fit resumes at its next epoch.
     """
+    with seeded(cfg.seed):  # this thread's own draws: another thread's cannot change the model
+        return _seeded_fit(model_name, dataset, cfg, stats, runtime, strategy, callbacks, verbose=verbose,
+                           holdout=holdout, rows=rows)
+
+
+def _seeded_fit(model_name: str, dataset: DatasetRecord, cfg: TrainingConfig, stats: dict[str, Any],
+                runtime: Runtime, strategy, callbacks: list, *, verbose: int, holdout: Holdout, rows):
     import keras
 
-    keras.utils.set_random_seed(cfg.seed)
     fit_args: dict[str, Any] = {}
     start = 0
     rows = rows if rows is not None else split_of(dataset, holdout)  # drawn once by the caller, if given

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -372,7 +373,22 @@ def test_force_retrains_an_intact_model(trained, tiny, tmp_path):
 
 
 def test_the_same_seed_on_cpu_gives_the_same_history_in_another_folder(trained, tiny, tmp_path):
-    other = run_training(tiny, None, "seed_cnn", TINY, PrepareConfig(), tmp_path / "b")
+    # while another thread draws from Python's random (as Prefect's threads or a second training
+    # may): Keras takes its default seeds from there, and this run must not see those draws
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            random.random()
+            time.sleep(0)
+
+    drawer = threading.Thread(target=draw, daemon=True)
+    drawer.start()
+    try:
+        other = run_training(tiny, None, "seed_cnn", TINY, PrepareConfig(), tmp_path / "b")
+    finally:
+        stop.set()
+        drawer.join()
     assert other.key == trained.rec.key
     for a, b in zip(trained.hist, read_json(Path(other.path) / "history.json")["epochs"]):
         for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
