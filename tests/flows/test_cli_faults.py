@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import descendants, process_alive
+from procs import descendants, prefect_home, process_alive
 from runfolders import damage, set_key, two_pipelines
 
 pytestmark = pytest.mark.subprocess  # every test here runs the cifar command: not in make test-fast
@@ -103,7 +103,7 @@ def project(tmp_path_factory):
             training: {{epochs: 1, batch_size: 16}}
     """))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(root / "prefect-home"), PYTHONUNBUFFERED="1")
+    env.update(PREFECT_HOME=prefect_home(root / "prefect-home"), PYTHONUNBUFFERED="1")
     return root, env
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from archives import FileServer, build_binary_archive
+from procs import prefect_home
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.engine
@@ -182,7 +183,7 @@ def test_a_doctored_dataset_stops_the_flow_before_training(prefect_engine, tmp_p
 
 
 def _cli(*args, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_HOME": str(cwd / "prefect-home"),
+    env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_HOME": prefect_home(cwd / "prefect-home"),
            **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from archives import build_binary_archive
-from procs import descendants, process_alive
+from procs import descendants, prefect_home, process_alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -150,7 +150,7 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_a_rerun_trains_only_the_rest(tmp_pa
 
     cfg = tiny_project(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1",
+    env.update(PREFECT_HOME=prefect_home(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1",
                PYTHONPATH=str(REPO))
     argv = [sys.executable, "-m", "flows.cli", "sweep", "tiny", "--config", str(cfg), "--seeds", "3"]
     log = tmp_path / "sweep.log"
@@ -206,7 +206,7 @@ def test_a_kill_9_mid_training_leaves_no_process_and_no_training_slot(tmp_path):
 
     cfg = tiny_project(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env.update(PREFECT_HOME=prefect_home(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     log = tmp_path / "sweep.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "sweep", "tiny", "--config", str(cfg),
