@@ -113,18 +113,31 @@ def allow_memory_growth() -> list[str]:
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+def _addresses_here(conf: dict[str, Any], hostnames: tuple[str, ...]) -> list[tuple[str, int]]:
+    """The (task type, index) of each process of TF_CONFIG's cluster on this machine (its loopback
+    addresses or ``hostnames``), the chief first, then the workers in order."""
+    hosts = {h.lower() for h in (*LOCAL_HOSTS, *hostnames)}
+    return [(kind, i) for kind in ("chief", "worker")
+            for i, address in enumerate((conf.get("cluster") or {}).get(kind) or [])
+            if str(address).rsplit(":", 1)[0].lower() in hosts]
+
+
 def local_workers(conf: dict[str, Any] | None, hostnames: tuple[str, ...] = ()) -> int:
     """How many processes of TF_CONFIG's cluster run on this machine: its loopback addresses
-    or ``hostnames`` (this machine's names). Each of them takes a training slot here."""
-    if not conf:
-        return 1
-    hosts = {h.lower() for h in (*LOCAL_HOSTS, *hostnames)}
-    n = 0
-    for kind in ("chief", "worker"):
-        for address in (conf.get("cluster") or {}).get(kind) or []:
-            if str(address).rsplit(":", 1)[0].lower() in hosts:
-                n += 1
-    return max(n, 1)
+    or ``hostnames`` (this machine's names). Each of them needs a training slot here."""
+    return max(len(_addresses_here(conf, hostnames)), 1) if conf else 1
+
+
+def takes_local_slots(conf: dict[str, Any] | None, hostnames: tuple[str, ...] = ()) -> bool:
+    """Whether this process takes the training slots of every process of its cluster on this
+    machine (``local_workers`` of them, all at once): the first of those processes does, the
+    others take none. Taken one per process, two clusters could each hold half of the slots
+    and wait for the other half forever. A process outside any cluster, or one whose own address
+    is not among this machine's, takes its own."""
+    here = _addresses_here(conf, hostnames) if conf else []
+    task = (conf or {}).get("task") or {}
+    me = (task.get("type", "worker"), int(task.get("index", 0)))
+    return not here or me not in here or here[0] == me
 
 
 def make_strategy(runtime: Runtime):

@@ -30,6 +30,7 @@ from tasks.train.devices import (
     read_tf_config,
     resolve_runtime,
     strategy_devices,
+    takes_local_slots,
     worker_role,
 )
 from tasks.train.fit import fit_model, split_of
@@ -83,11 +84,14 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
     rows = split_of(dataset, holdout)  # a split that cannot be drawn fails here, before any lock or slot
     strategy = resolve_runtime(cfg, 0).strategy
     chief, role = worker_role(strategy)
-    # each process of a multi-worker cluster on this machine holds a slot of its own
-    here = local_workers(read_tf_config(), (socket.gethostname(),)) if strategy == "multi_worker" else 1
+    here, takes = 1, 1
+    if strategy == "multi_worker":  # the cluster's first process here takes all its slots here at once
+        conf, names = read_tf_config(), (socket.gethostname(),)
+        here = local_workers(conf, names)
+        takes = here if takes_local_slots(conf, names) else 0
     what = f"training of {model} ({key})"
     if not chief:  # multi-worker: the chief holds the lock and writes; others just take part
-        with training_slot(slots, what, here):
+        with training_slot(slots, what, here, takes):
             train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=False,
                              role=role, extra_callbacks=extra_callbacks, holdout=holdout, rows=rows)
         return TrainRecord(key=key, path=str(out))
@@ -97,7 +101,7 @@ def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, mo
             return TrainRecord(key=key, path=str(out))
         if force:
             shutil.rmtree(work_dir(data_dir, key), ignore_errors=True)
-        with training_slot(slots, what, here):
+        with training_slot(slots, what, here, takes):
             train_and_commit(dataset, validation, model, cfg, prepare, data_dir, key, chief=True,
                              role=role, extra_callbacks=extra_callbacks, holdout=holdout, rows=rows)
     return TrainRecord(key=key, path=str(out))

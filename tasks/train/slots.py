@@ -176,39 +176,65 @@ def check_fits(name: str, limit: int, workers_here: int) -> None:
             "own GPU with CUDA_VISIBLE_DEVICES (one slot set per GPU).")
 
 
-def _acquire(paths: list[Path]) -> tuple[int, Path] | None:
-    for path in paths:
-        fd = _open_slot(path)
-        if _try_lock(fd):
-            return fd, path
-        os.close(fd)
-    return None
+def _acquire(paths: list[Path], count: int) -> list[tuple[int, Path]] | None:
+    """``count`` free slots of ``paths``, all or none. Takers go one at a time (a short ``flock``
+    on the set's admission file), so two clusters never split the slots between them."""
+    if count == 0:
+        return []
+    got: list[tuple[int, Path]] = []
+    admission = _open_slot(paths[0].with_suffix(".admission"))
+    try:
+        fcntl.flock(admission, fcntl.LOCK_EX)  # held for microseconds; dies with its holder
+        for path in paths:
+            fd = _open_slot(path)
+            if _try_lock(fd):
+                got.append((fd, path))
+                if len(got) == count:
+                    return got
+            else:
+                os.close(fd)
+        for fd, _ in got:  # fewer free than needed: hold none of them while waiting
+            os.close(fd)
+        return None
+    finally:
+        os.close(admission)
 
 
 @contextlib.contextmanager
-def training_slot(slots: int | None, what: str, workers_here: int = 1) -> Iterator[None]:
-    """Hold one of this machine's ``slots`` (default 1) training slots for the block. While all
-    are taken it waits, saying every ``REPEAT_SECONDS`` who holds them and how to free them; a
-    signal (Ctrl-C, SIGTERM) ends the wait at once."""
+def training_slot(slots: int | None, what: str, workers_here: int = 1, takes: int = 1) -> Iterator[None]:
+    """Hold ``takes`` of this machine's ``slots`` (default 1) training slots for the block: one
+    for a training, ``workers_here`` for the first process of a multi-worker cluster on this
+    machine (its other processes take none: ``devices.takes_local_slots``). While too few are
+    free it waits, holding none, saying every ``REPEAT_SECONDS`` who holds them and how to free
+    them; a signal (Ctrl-C, SIGTERM) ends the wait at once."""
     log = get_logger()
     name, size = limit_name(), slots or 1
     check_fits(name, size, workers_here)
+    if takes == 0:
+        log.info("%s: a worker of a cluster whose first process on this machine holds its %d slot(s) of %s",
+                 what, workers_here, name)
+        yield
+        return
     paths = slot_paths(name, size)
     t0 = time.monotonic()
     said = None
-    while (got := _acquire(paths)) is None:
+    while (got := _acquire(paths, takes)) is None:
         if said is None or time.monotonic() - said >= REPEAT_SECONDS:
             held = "; ".join(describe(h) for h in holders(name, size)) or "(released just now)"
-            log.info("%s: waiting for a slot of %s (%d at a time; %.0f s so far), held by %s", what,
-                     name, size, time.monotonic() - t0, held)
+            log.info("%s: waiting for %s of %s (%d at a time; %.0f s so far), held by %s", what,
+                     "a slot" if takes == 1 else f"{takes} slots at once", name, size,
+                     time.monotonic() - t0, held)
             said = time.monotonic()
         time.sleep(POLL_SECONDS)
-    fd, path = got
     try:
-        _write_holder(fd, holder_record(what))
-        log.info("%s: got a slot of %s after %.1f s", what, name, time.monotonic() - t0)
+        record = holder_record(what if takes == 1 else f"{what}, with {takes - 1} more worker(s) of its cluster")
+        for fd, _ in got:
+            _write_holder(fd, record)
+        log.info("%s: got %s of %s after %.1f s", what, "a slot" if takes == 1 else f"{takes} slots",
+                 name, time.monotonic() - t0)
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # closing the only descriptor releases the lock
+        for fd, _ in got:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing the only descriptor releases the lock

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from procs import interruptible
 from tasks.train.config import TrainingError
-from tasks.train.devices import local_workers
+from tasks.train.devices import local_workers, takes_local_slots
 from tasks.train.slots import check_fits, holders, limit_name, training_slot
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +96,66 @@ def test_slots_admit_that_many_trainings_at_once(slot_dir):
         first.wait(10)
 
 
+def test_two_clusters_starting_together_never_split_the_slots(slot_dir):
+    # Two 2-worker clusters on this machine with train_slots: 2, and a worker trains only once
+    # its partner is in (a collective). Their first workers start first: taken one per process,
+    # each cluster would hold one slot and wait forever for the other.
+    def conf(i):
+        return {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": i}}
+
+    partners = {c: threading.Barrier(2, timeout=20) for c in "AB"}
+    ran, errors = [], []
+
+    def worker(c, i):
+        try:
+            takes = local_workers(conf(i)) if takes_local_slots(conf(i)) else 0
+            with training_slot(2, f"training of cluster {c}, worker {i}", local_workers(conf(i)), takes):
+                partners[c].wait()  # BrokenBarrierError after 20 s: the deadlock
+                ran.append(c)
+                time.sleep(0.3)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    firsts = [threading.Thread(target=worker, args=(c, 0)) for c in "AB"]
+    for t in firsts:
+        t.start()
+    time.sleep(0.5)
+    seconds = [threading.Thread(target=worker, args=(c, 1)) for c in "AB"]
+    for t in seconds:
+        t.start()
+    for t in firsts + seconds:
+        t.join(60)
+    assert not errors and sorted(ran) == ["A", "A", "B", "B"]
+
+
+def test_a_cluster_waiting_for_its_slots_holds_none_of_them(slot_dir):
+    one = _holder(slot_dir, slots=2)  # one slot of two taken by another training
+    got, release = threading.Event(), threading.Event()
+
+    def cluster():
+        with training_slot(2, "training of a 2-worker cluster", 2, 2):
+            got.set()
+            release.wait(20)
+
+    waiting = threading.Thread(target=cluster)
+    waiting.start()
+    try:
+        time.sleep(1.0)
+        assert not got.is_set() and [h["pid"] for h in holders(NAME, 2)] == [one.pid]
+        t0 = time.monotonic()
+        with training_slot(2, "a single training"):  # the free slot is free: not held by the waiter
+            assert time.monotonic() - t0 < 1.0
+        one.kill()
+        one.wait(10)
+        assert got.wait(10)
+        assert len(holders(NAME, 2)) == 2 and all("with 1 more worker" in h["what"] for h in holders(NAME, 2))
+    finally:
+        release.set()
+        waiting.join(30)
+        if one.poll() is None:
+            one.kill()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_a_wait_for_a_slot_at_once(slot_dir, sig):
     holder = _holder(slot_dir)
@@ -142,6 +203,20 @@ def test_cluster_processes_on_this_machine_are_counted():
     assert local_workers(one_here, ("box-a",)) == 2
     assert local_workers(one_here, ("box-c",)) == 1  # none listed here: this process still is
     assert local_workers(None) == 1
+
+
+def test_the_first_process_of_a_cluster_here_takes_its_slots():
+    def task(kind, i, cluster):
+        return {"cluster": cluster, "task": {"type": kind, "index": i}}
+
+    two_here = {"worker": ["127.0.0.1:2001", "localhost:2002"]}
+    assert takes_local_slots(task("worker", 0, two_here)) and not takes_local_slots(task("worker", 1, two_here))
+    with_chief = {"chief": ["box-a:1"], "worker": ["box-b:1", "box-a:2"]}
+    assert takes_local_slots(task("chief", 0, with_chief), ("box-a",))
+    assert not takes_local_slots(task("worker", 1, with_chief), ("box-a",))
+    assert takes_local_slots(task("worker", 0, with_chief), ("box-b",))  # the first (only) one on box-b
+    assert takes_local_slots(task("worker", 1, with_chief), ("box-c",))  # not listed here: takes its own
+    assert takes_local_slots(None)
 
 
 def test_a_cluster_larger_than_the_limit_is_refused_not_left_waiting():
