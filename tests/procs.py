@@ -75,10 +75,12 @@ def migrated_database() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its holder dies
         if not done.exists():
             work = Path(tempfile.mkdtemp(dir=root))
-            subprocess.run([exe("prefect"), "server", "database", "upgrade", "-y"], check=True, timeout=300,
-                           env=prefect_env(work, None), capture_output=True)
-            os.replace(work / "prefect.db", done)  # a complete database or none (no -wal: closed)
-            shutil.rmtree(work, ignore_errors=True)
+            try:
+                subprocess.run([exe("prefect"), "server", "database", "upgrade", "-y"], check=True, timeout=300,
+                               env=prefect_env(work, None), capture_output=True)
+                os.replace(work / "prefect.db", done)  # a complete database or none (no -wal: closed)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)  # a failed build leaves nothing behind either
     return done
 
 
