@@ -74,9 +74,33 @@ def read_tf_config() -> dict[str, Any] | None:
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        conf = json.loads(raw)
     except ValueError as exc:
         raise TrainingError(f"TF_CONFIG is not valid JSON ({exc}): {raw[:200]!r}") from exc
+    if problem := _tf_config_problem(conf):
+        raise TrainingError(f"TF_CONFIG {problem}: {raw[:200]!r}. It should look like "
+                            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                            '"task": {"type": "worker", "index": 0}}')
+    return conf
+
+
+def _tf_config_problem(conf: Any) -> str | None:
+    """What is wrong with a parsed TF_CONFIG's shape (None: nothing), so that the code reading
+    its cluster and task can trust them."""
+    if not isinstance(conf, dict):
+        return f"is a JSON {type(conf).__name__}, not an object"
+    cluster, task = conf.get("cluster", {}), conf.get("task", {})
+    if not isinstance(cluster, dict) or not all(
+            isinstance(v, list) and all(isinstance(a, str) for a in v) for v in cluster.values()):
+        return "has a cluster that is not an object of lists of \"host:port\" strings"
+    if not isinstance(task, dict):
+        return f"has a task that is a JSON {type(task).__name__}, not an object"
+    kind, index = task.get("type", "worker"), task.get("index", 0)
+    if not isinstance(kind, str) or not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return f"has task type {kind!r} and index {index!r}: a name and a whole number >= 0 are needed"
+    if kind in cluster and index >= len(cluster[kind]):
+        return f"has task {kind} {index}, but its cluster lists {len(cluster[kind])} {kind}(s)"
+    return None
 
 
 def worker_role(strategy: str) -> tuple[bool, str]:

@@ -553,6 +553,23 @@ def test_multi_worker_without_tf_config_says_what_to_do(tiny, tmp_path, monkeypa
                      PrepareConfig(), tmp_path)
 
 
+@pytest.mark.parametrize("raw, says", [
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": "x"}}',
+     "index 'x'"),
+    ('{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}', "lists of"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": []}', "task that is a JSON list"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "lists 1 worker"),
+    ("[1, 2]", "JSON list, not an object"),
+])
+def test_a_malformed_tf_config_is_a_clear_error_not_a_traceback(monkeypatch, raw, says):
+    from tasks.train.devices import worker_role
+
+    monkeypatch.setenv("TF_CONFIG", raw)
+    with pytest.raises(TrainingError, match="TF_CONFIG") as err:
+        worker_role("multi_worker")
+    assert says in str(err.value) and '"task": {"type": "worker", "index": 0}' in str(err.value)
+
+
 # --------------------------------------------------------------------------- Prefect
 @pytest.mark.engine
 def test_train_model_task_caches_and_reports_progress(prefect_engine, tiny, tmp_path):
