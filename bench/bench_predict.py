@@ -104,7 +104,7 @@ def main() -> int:
     from flows.config import load_settings
     from tasks.predict.resolve import resolve_model
 
-    ref = resolve_model(load_settings(args.config, schedules=False).artifacts_dir, args.pipeline)
+    ref = resolve_model(load_settings(args.config).artifacts_dir, args.pipeline)
     tf_import, predict10, savedmodel10 = [], [], []
     for _ in range(args.repeat):
         tf_import.append(timed([sys.executable, "-c", "import tensorflow"], env)[0])

@@ -23,6 +23,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import ErrorDetails, from_json, to_json
 
 from flows.config_limits import NAME_RULE, PIPELINE_NAME, limit_problems, top_limit_problems
+from flows.cron import schedule_problems
 from flows.jobs import DeployConfig
 from tasks.core.errors import ConfigError
 from tasks.core.guards_files import NotRegularFileError, TooLargeError, read_regular
@@ -52,16 +53,8 @@ class ScheduleConfig:
     retrain: Literal["on-change", "always"] = "on-change"
 
     def problems(self) -> list[tuple[str, str]]:
-        # Prefect's own validator (what `cifar serve` will build), loaded only for a schedule:
-        # reading the file never imports Prefect otherwise.
-        from prefect.client.schemas.schedules import CronSchedule
-
-        try:
-            CronSchedule(cron=self.cron, timezone=self.timezone)
-        except ValidationError as exc:
-            return [(str(e["loc"][0]) if e["loc"] else "cron", e["msg"].removeprefix("Value error, "))
-                    for e in exc.errors()]
-        return []
+        # The checks of Prefect's own validator (what `cifar serve` will build), without Prefect.
+        return schedule_problems(self.cron, self.timezone)
 
 
 @dataclass(frozen=True)
@@ -287,16 +280,13 @@ def _message(error: ErrorDetails) -> str:
     return f"{_key_path(loc)}: {text}"
 
 
-def _cross_field(obj: Any, loc: Loc, failed: list[Loc], schedules: bool = True) -> list[tuple[Loc, str]]:
+def _cross_field(obj: Any, loc: Loc, failed: list[Loc]) -> list[tuple[Loc, str]]:
     """The ``problems()`` of ``obj`` and of the configs inside it, except those about a key whose
-    value already failed its type check (it was left out, so the check would judge the default),
-    and those of a schedule unless ``schedules``."""
-    if isinstance(obj, ScheduleConfig) and not schedules:
-        return []
+    value already failed its type check (it was left out, so the check would judge the default)."""
     out: list[tuple[Loc, str]] = []
     for f in dataclasses.fields(obj):
         if dataclasses.is_dataclass(inner := getattr(obj, f.name)):
-            out += _cross_field(inner, (*loc, f.name), failed, schedules)
+            out += _cross_field(inner, (*loc, f.name), failed)
     wrong = {bad[len(loc)] for bad in failed if len(bad) > len(loc) and bad[:len(loc)] == loc}
     for key, text in obj.problems() if hasattr(obj, "problems") else []:
         if key.split(".")[0].split("[")[0] not in wrong:
@@ -304,7 +294,7 @@ def _cross_field(obj: Any, loc: Loc, failed: list[Loc], schedules: bool = True) 
     return out
 
 
-def _check(raw: dict, schedules: bool = True) -> tuple[PipelinesFile | None, list[str]]:
+def _check(raw: dict) -> tuple[PipelinesFile | None, list[str]]:
     """Every problem of the (overridden) file, type errors and cross-field ones, by pipeline."""
     pipes = raw.get("pipelines") if isinstance(raw.get("pipelines"), dict) else {}
     rank = {("pipelines", name): i for i, name in enumerate(pipes)}  # before _typed drops any
@@ -319,7 +309,7 @@ def _check(raw: dict, schedules: bool = True) -> tuple[PipelinesFile | None, lis
     if built is not None:
         failed = [e["loc"] for e in errors]
         for name, pipeline in built.pipelines.items():
-            found += _cross_field(pipeline, ("pipelines", name), failed, schedules)
+            found += _cross_field(pipeline, ("pipelines", name), failed)
             wrong = {".".join(map(str, loc[2:])) for loc in failed if loc[:2] == ("pipelines", name)}
             found += [(("pipelines", name, key), text) for key, text in limit_problems(name, pipeline, wrong)]
         found += [(("top",), text) for text in top_limit_problems(built)]
@@ -423,19 +413,15 @@ def load_settings(
     path: str | os.PathLike = DEFAULT_CONFIG,
     overrides: dict[str, Any] | None = None,
     pipeline: str | None = None,
-    *,
-    schedules: bool = True,
 ) -> Settings:
     """Read, override and validate; raise ConfigError listing every problem with its key path.
-
-    ``schedules=False`` leaves out the check of the cron schedules, the one check that needs
-    Prefect (its own validator, ``ScheduleConfig.problems``): ``cifar predict`` runs no schedule
-    and never imports Prefect. Types, names and paths are checked all the same."""
+    Every command reads the file here, and none of it imports Prefect, Keras or TensorFlow (the
+    cron schedules are checked as Prefect would: ``flows.cron``)."""
     path = Path(path).expanduser().resolve()
     raw = _read(path)
     problems = _apply(raw, pipeline, overrides or {})
     names = list(raw["pipelines"]) if isinstance(raw.get("pipelines"), dict) else None
-    built, found = _check(raw, schedules)
+    built, found = _check(raw)
     problems += found
     if pipeline is not None and names is not None and pipeline not in names:
         problems.append(f"no pipeline named {pipeline!r}; pipelines in this file: {', '.join(names)}")

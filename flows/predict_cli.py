@@ -2,8 +2,7 @@
 
 Fast by what it leaves out: it never imports Prefect, Keras or TensorFlow (the model is the
 run's LiteRT flatbuffer; ``tasks.predict.engine``). It reads the pipelines file as every command
-does (``flows.config``, which loads none of them), less the check of cron schedules (Prefect's),
-and uses only its ``artifacts_dir``.
+does (``flows.config``, which loads none of them) and uses only its ``artifacts_dir``.
 """
 
 from __future__ import annotations
@@ -59,15 +58,15 @@ def add_predict_parser(sub, common) -> None:
 
 
 def prediction_settings(config: str | os.PathLike, overrides: list[str], command: str = "cifar predict"):
-    """The pipelines file as ``flows.config.load_settings`` reads it for every command, less its
-    cron check. No ``--set`` but ``artifacts_dir``: no other setting applies to predictions."""
+    """The pipelines file as ``flows.config.load_settings`` reads it for every command. No
+    ``--set`` but ``artifacts_dir``: no other setting applies to predictions."""
     sets = parse_set(overrides)
     for key in sets:
         if key != "artifacts_dir":
             raise ConfigError([(f"--set {key}: {command} reads only artifacts_dir from the config "
                                 "(--set artifacts_dir=DIR); other settings do not apply to predictions")],
                               "command line")
-    return load_settings(config, sets, schedules=False)
+    return load_settings(config, sets)
 
 
 def predict_artifacts_dir(config: str | os.PathLike, overrides: list[str], command: str = "cifar predict") -> Path:

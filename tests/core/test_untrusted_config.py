@@ -43,7 +43,7 @@ def check_in_subprocess(path: Path, timeout: float = 60) -> subprocess.Completed
 
 def problems(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_settings(path, schedules=False)
+        load_settings(path)
     return info.value.problems
 
 
@@ -92,7 +92,7 @@ def test_merge_keys_still_override_and_shared_blocks_still_load(tmp_path):
         pipelines:
           a: {training: &base {epochs: 2, batch_size: 16}}
           b: {training: {<<: *base, epochs: 3}}
-    """), schedules=False)
+    """))
     assert (s.pipelines["a"].training.epochs, s.pipelines["b"].training.epochs) == (2, 3)
     assert s.pipelines["b"].training.batch_size == 16
 
@@ -120,7 +120,7 @@ def test_pipeline_names_must_be_portable_file_names(tmp_path, name):
 
 
 def test_portable_names_still_load(tmp_path):
-    s = load_settings(write(tmp_path, "pipelines:\n  a.b_c-1: {}\n  " + "x" * 64 + ": {}\n"), schedules=False)
+    s = load_settings(write(tmp_path, "pipelines:\n  a.b_c-1: {}\n  " + "x" * 64 + ": {}\n"))
     assert list(s.pipelines) == ["a.b_c-1", "x" * 64]
 
 

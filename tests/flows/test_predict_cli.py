@@ -8,7 +8,7 @@ import pytest
 
 def test_predict_reads_the_file_with_flows_config(tmp_path, monkeypatch):
     """One reader: artifacts_dir as load_settings resolves it ($VARS, relative to the file, --set);
-    a --set of any other key refused; every check but the schedules' (Prefect's) still made."""
+    a --set of any other key refused; every check made, the schedules' included."""
     from flows.predict_cli import predict_artifacts_dir
     from tasks.core.errors import ConfigError
 
@@ -22,4 +22,7 @@ def test_predict_reads_the_file_with_flows_config(tmp_path, monkeypatch):
         predict_artifacts_dir(cfg, ["training.epochs=1"])
     cfg.write_text("pipelines:\n  p: {modle: seed_cnn}\n")
     with pytest.raises(ConfigError, match="pipelines.p.modle: unknown key"):
+        predict_artifacts_dir(cfg, [])
+    cfg.write_text("pipelines:\n  p: {schedule: {cron: '61 * * * *'}}\n")
+    with pytest.raises(ConfigError, match="pipelines.p.schedule.cron: Invalid cron string"):
         predict_artifacts_dir(cfg, [])

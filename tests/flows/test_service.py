@@ -250,7 +250,7 @@ def test_a_worker_that_cannot_see_the_shared_folders_says_which(tmp_path):
 def test_a_deployment_is_pinned_to_its_own_pipeline():
     from flows.deploy import deployment_kwargs, pin_problem, predict_deployment_kwargs
 
-    settings = load_settings(Path(__file__).resolve().parents[2] / "pipelines.yaml", {}, None, schedules=False)
+    settings = load_settings(Path(__file__).resolve().parents[2] / "pipelines.yaml", {}, None)
     p = settings.pipeline("smoke-jpeg")
     for kwargs in (deployment_kwargs(p, settings.config_path), predict_deployment_kwargs(p, settings.config_path)):
         assert kwargs["parameters"]["pipeline"] == "smoke-jpeg"  # the pin, stored with the deployment

@@ -324,8 +324,8 @@ def test_predict_refuses_an_altered_model_before_loading_it(project, photos, tmp
 
 
 def test_predict_never_imports_prefect_keras_or_tensorflow(project, photos, tmp_path):
-    # Read by flows.config, as every command reads it: a file elsewhere, with a schedule (whose
-    # cron check is Prefect's, left out for predictions).
+    # Read by flows.config, as every command reads it: a file elsewhere, with a schedule (checked
+    # as Prefect checks it, without Prefect: flows/cron.py).
     cfg = tmp_path / "conf" / "pipelines.yaml"
     cfg.parent.mkdir()
     cfg.write_text(f"artifacts_dir: {project['root'] / 'artifacts'}\n"
