@@ -176,16 +176,26 @@ def pair_figure(a: dict[str, Any], b: dict[str, Any]):
     return fig
 
 
-@_drawn
+# What each chart draws of a row: the picture memo (``plots._drawn``) is keyed by these alone, so
+# a row's paths, links and other columns never make the same chart be drawn again.
+_POINT = ("pipeline", "created_at", "test_accuracy", "train_seconds", "champion")
+_CURVE = ("pipeline", "label", "history")
+
+
+def _only(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{k: r[k] for k in keys if k in r} for r in rows]
+
+
+@_drawn(drawn_from=lambda rows: (_only(rows, _POINT),))
 def plot_index_accuracy(rows: list[dict[str, Any]]) -> bytes:
     return _png(index_accuracy_figure(rows))
 
 
-@_drawn
+@_drawn(drawn_from=lambda rows, curves: (_only(rows, _POINT), _only(curves, _CURVE)))
 def plot_accuracy_vs_time(rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> bytes:
     return _png(accuracy_vs_time_figure(rows, curves))
 
 
-@_drawn
+@_drawn(drawn_from=lambda a, b: tuple(_only([a, b], _CURVE)))
 def plot_pair(a: dict[str, Any], b: dict[str, Any]) -> bytes:
     return _png(pair_figure(a, b))

@@ -17,6 +17,7 @@ import pickle
 import threading
 import warnings
 from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 # Families tried, in order, for a character the first one lacks (matplotlib >= 3.6 falls back
@@ -66,15 +67,23 @@ def missing_glyphs(texts) -> list[str]:
     return list(seen)
 
 
-def _drawn(plot):
+def _drawn(plot=None, *, drawn_from: Callable[..., tuple] | None = None):
     """Decorator for a plot function: its text is drawn as written (no mathtext, so a class named
     ``$\\foo$`` or ``price $5`` prints as is; no LaTeX even if a matplotlibrc asks for it), with
     the fallback fonts, and without matplotlib's missing-glyph warnings (the report says so).
-    The same data drawn again in this process is not drawn again (``_drawings``)."""
+    The same data drawn again in this process is not drawn again (``_drawings``). ``drawn_from``:
+    the arguments cut down to what the picture shows (rows carry paths and links too); the memo is
+    keyed by that, and the plot is given only that, so it cannot draw what the key leaves out."""
+    if plot is None:
+        return functools.partial(_drawn, drawn_from=drawn_from)
+
     @functools.wraps(plot)
     def draw(*args, **kwargs):
         import matplotlib
 
+        if drawn_from is not None:
+            args = drawn_from(*args, **kwargs)
+            kwargs = {}
         key = _drawings.key(plot.__qualname__, args, kwargs)
         png = _drawings.get(key)
         if png is not None:
