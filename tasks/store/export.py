@@ -17,6 +17,8 @@ statistics from train.json). The class names travel in the signature (``class_na
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import shutil
 import warnings
@@ -99,7 +101,22 @@ def write_tflite(savedmodel: Path, dest: Path) -> Path:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SIGNATURE])
-    return atomic_write_bytes(dest, converter.convert())
+    with _collecting_only_new_objects():
+        flatbuffer = converter.convert()
+    return atomic_write_bytes(dest, flatbuffer)
+
+
+@contextlib.contextmanager
+def _collecting_only_new_objects():
+    """The converter runs a full ``gc.collect()`` on every conversion, to drop the SavedModel it
+    loaded. In a process with a large heap (a Prefect worker, `cifar serve`, a test session) that
+    collection took 0.33 s of each ~0.5 s export. The objects alive before are set aside
+    (``gc.freeze``), so it looks only at what the conversion made; they go back after."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _interpreter(path: Path):
