@@ -70,6 +70,53 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
 
 
+# --------------------------------------------------------------------------- the edit loop's rule
+# `make test-fast` runs the tests that start no process: a test that starts one (a `cifar`
+# command, a fresh interpreter, a forked worker) is marked ``subprocess`` (or uses ``procs``, or
+# lives under tests/e2e/), which makes it e2e; the Prefect harness of ``engine`` tests is one
+# too. This guard keeps that true: any other test that starts a process, in its body or its
+# fixtures, fails, naming what it started.
+_started: list[str] = []
+
+
+def _note_popen(init):
+    import sys
+
+    def __init__(self, args, *a, **kw):
+        # platform.architecture() and .processor() run `file` and `uname` while Prefect or
+        # TensorFlow is first imported: a library's own detail, not a process the test starts.
+        caller = sys._getframe(1)
+        while caller is not None and caller.f_globals.get("__name__") == "subprocess":
+            caller = caller.f_back
+        if caller is None or caller.f_globals.get("__name__") != "platform":
+            _started.append(" ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args))
+        return init(self, args, *a, **kw)
+    return __init__
+
+
+def pytest_configure(config):
+    import subprocess
+
+    subprocess.Popen.__init__ = _note_popen(subprocess.Popen.__init__)
+    os.register_at_fork(before=lambda: _started.append("os.fork()"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    del _started[:]  # a fixture's processes count as the test's own
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    out = yield
+    if _started and not (item.get_closest_marker("e2e") or item.get_closest_marker("engine")):
+        pytest.fail(f"{item.nodeid} started a process ({_started[0][:200]}) but is not marked: "
+                    "mark it @pytest.mark.subprocess (make test-fast runs only tests that start none)",
+                    pytrace=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def prefect_engine(tmp_path_factory):
     """One real Prefect API (SQLite, in a temp PREFECT_HOME) for every test that runs flows."""

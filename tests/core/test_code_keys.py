@@ -164,6 +164,7 @@ def _changed(before: dict, after: dict) -> set[str]:
     return {stage for stage in before["keys"] if before["keys"][stage] != after["keys"][stage]}
 
 
+@pytest.mark.subprocess
 def test_a_behaviour_change_in_the_archive_reader_changes_the_decode_key_only(tmp_path):
     from tasks.download.decode import CODE_VERSION
 
@@ -177,6 +178,7 @@ def test_a_behaviour_change_in_the_archive_reader_changes_the_decode_key_only(tm
     assert after["recorded"]["decode"] == after["keys"]["decode"] != base["recorded"]["decode"]
 
 
+@pytest.mark.subprocess
 def test_a_new_module_is_inside_the_key_of_every_stage_that_imports_it(tmp_path):
     """A new module, imported inside a function only, importing back into the stage (a cycle)."""
     runs = {}
@@ -239,6 +241,7 @@ def _reword(source: str) -> tuple[str, int]:
     return "# reworded by test_code_keys\n" + "".join(lines), len(inserts) + 1
 
 
+@pytest.mark.subprocess
 def test_comments_docstrings_and_messages_change_no_key(tmp_path):
     from tasks.core.hashing import import_closure
 

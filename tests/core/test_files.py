@@ -36,6 +36,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, m
     assert sorted(os.listdir(p.parent)) == ["x.json"]
 
 
+@pytest.mark.subprocess
 def test_lock_is_released_by_the_kernel_when_its_holder_is_killed(tmp_path):
     lock = tmp_path / "x.lock"
     holder = subprocess.Popen(

@@ -5,8 +5,8 @@ the CSV show it: ``predict_sources`` with a constant model standing in for the L
 which needs a trained run). Each half runs in
 one subprocess under RLIMIT_AS (2 GiB) and a timeout: a blow-up, a hang or a traceback fails.
 
-Default: 80 configs + 160 archives/folders (~20 s on 2 busy cores, most of it importing Prefect
-once and scanning 200,000 brackets). ``CIFAR_FUZZ_CASES=N`` runs N
+Default: 80 configs + 160 archives/folders (a few seconds, most of it scanning 200,000
+brackets). ``CIFAR_FUZZ_CASES=N`` runs N
 of each; ``CIFAR_FUZZ_SEED`` changes the draw.
 """
 
@@ -18,6 +18,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = int(os.environ.get("CIFAR_FUZZ_CASES", "0")) or None  # None: the defaults below
@@ -227,11 +229,13 @@ def _run(script: str, tmp_path: Path, cases: int) -> dict:
     return got
 
 
+@pytest.mark.subprocess
 def test_fuzzed_configs_never_crash_hang_or_blow_up_cifar_check(tmp_path):
     got = _run(CONFIG_FUZZ, tmp_path, CONFIG_CASES)
     assert got["cases"] == CONFIG_CASES and got["bad"] == [], got["bad"][:5]
 
 
+@pytest.mark.subprocess
 def test_fuzzed_archives_and_folders_never_crash_hang_or_blow_up_predict_inputs(tmp_path):
     got = _run(ARCHIVE_FUZZ, tmp_path, ARCHIVE_CASES)
     assert got["cases"] == ARCHIVE_CASES and got["bad"] == [], got["bad"][:5]

@@ -38,6 +38,7 @@ def test_every_stage_config_is_probed():
             "tasks.report.config"} <= set(LIGHT)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("module", LIGHT)
 def test_module_loads_without_prefect_keras_or_tensorflow(module):
     heavy = _heavy_after_import(module)

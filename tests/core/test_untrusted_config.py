@@ -53,6 +53,7 @@ def write(tmp_path: Path, text: str, name: str = "pipelines.yaml") -> Path:
     return p
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("levels", [6, 9])  # 531 B and 774 B: 10^6 and 10^9 nodes once expanded
 def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path, levels):
     p = tmp_path / "pipelines.yaml"
@@ -144,6 +145,7 @@ def test_values_past_their_sane_range_are_refused_naming_the_range(tmp_path):
     assert len(got) == 6, got
 
 
+@pytest.mark.subprocess
 def test_cifar_check_prints_one_paragraph_for_each_hostile_file(tmp_path):
     p = write(tmp_path, "pipelines:\n  a: {}\n  a: {}\n")
     r = check_in_subprocess(p)

@@ -24,6 +24,7 @@ def cifar(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.C
     return subprocess.run([*CIFAR, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.subprocess
 def test_check_prints_the_shipped_pipelines():
     r = cifar("check")
     assert r.returncode == 0, r.stderr
@@ -32,6 +33,7 @@ def test_check_prints_the_shipped_pipelines():
     assert "smoke " in r.stdout and "limit 10000/2000, 1 epoch(s)" in r.stdout
 
 
+@pytest.mark.subprocess
 def test_check_on_a_broken_file_lists_every_problem_and_exits_2(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text(textwrap.dedent("""
@@ -48,21 +50,25 @@ def test_check_on_a_broken_file_lists_every_problem_and_exits_2(tmp_path):
         assert key in r.stderr
 
 
+@pytest.mark.subprocess
 def test_set_is_shown_by_check():
     r = cifar("check", "--set", "training.epochs=3")
     assert r.returncode == 0 and "3 epoch(s)" in r.stdout
 
 
+@pytest.mark.subprocess
 def test_set_is_type_checked():
     r = cifar("check", "--set", "training.batch_size=big")
     assert r.returncode == 2 and "training.batch_size: expected an integer, got 'big'" in r.stderr
 
 
+@pytest.mark.subprocess
 def test_set_without_a_value_is_refused():
     r = cifar("check", "--set", "nonsense")
     assert r.returncode == 2 and "expected KEY=VALUE" in r.stderr
 
 
+@pytest.mark.subprocess
 def test_check_schema_prints_a_json_schema_the_shipped_file_meets():
     r = cifar("check", "--schema")
     assert r.returncode == 0, r.stderr
@@ -90,11 +96,13 @@ def test_check_schema_prints_a_json_schema_the_shipped_file_meets():
     assert wrong == [["pipelines", "smoke"], ["pipelines", "train", "keep_last"]]
 
 
+@pytest.mark.subprocess
 def test_unknown_pipeline_is_a_clear_error():
     r = cifar("run", "nope")
     assert r.returncode == 2 and "no pipeline named 'nope'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.subprocess
 def test_serve_refuses_the_embedded_api_and_says_how_to_start_a_server():
     r = cifar("serve")
     assert r.returncode == 1 and "Traceback" not in r.stderr

@@ -24,6 +24,7 @@ def test_the_same_answers_as_prefects_own_validator(cron, timezone):
     assert schedule_problems(cron, timezone) == _prefect_problems(cron, timezone)
 
 
+@pytest.mark.subprocess
 def test_checking_a_schedule_imports_no_prefect():
     code = ("import sys; from flows.cron import schedule_problems; "
             "bad = schedule_problems('61 * * * *', 'Mars/Olympus'); "

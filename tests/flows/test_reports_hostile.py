@@ -86,6 +86,7 @@ def _cli(tmp_path: Path, *args: str, **kw) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO)}, **kw)
 
 
+@pytest.mark.subprocess
 def test_a_client_that_hangs_up_is_one_line_not_a_traceback(artifacts, tmp_path):
     proc = _cli(tmp_path, "--port", "0")
     try:
@@ -106,6 +107,7 @@ def test_a_client_that_hangs_up_is_one_line_not_a_traceback(artifacts, tmp_path)
     assert err.count("connection ended") >= 1, err[-3000:]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("port", ["99999", "-1", "http"])
 def test_a_port_out_of_range_is_a_usage_error(tmp_path, port):
     proc = _cli(tmp_path, "--port", port)

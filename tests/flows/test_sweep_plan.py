@@ -241,6 +241,7 @@ def test_the_page_escapes_labels_and_embeds_one_plot(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command's refusals
+@pytest.mark.subprocess
 def test_the_command_refuses_a_bad_grid_and_a_pool_without_server_before_anything_runs(config, capsys, monkeypatch):
     from flows.cli import main
 

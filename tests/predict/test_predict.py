@@ -220,6 +220,7 @@ def test_metadata_records_the_serving_export(project):
 
 
 # --------------------------------------------------------------------------- cifar predict
+@pytest.mark.subprocess
 def test_predict_files_reproduces_the_recorded_predictions(project, photos):
     folder = photos / "folder"
     files = [folder / f"test{i}.png" for i in range(6)]
@@ -240,6 +241,7 @@ def test_predict_files_reproduces_the_recorded_predictions(project, photos):
     assert "uncertain" not in records[0]  # no --min-prob: no verdict
 
 
+@pytest.mark.subprocess
 def test_predict_min_prob_marks_the_unsure_ones_uncertain(project, photos):
     files = [photos / "folder" / "test0.png", photos / "folder" / "gray.png"]
     r = cifar_predict(project, *files, "--run", "latest", "--json", "--min-prob", "0.99")
@@ -253,6 +255,7 @@ def test_predict_min_prob_marks_the_unsure_ones_uncertain(project, photos):
     assert bad.returncode == 2 and "expected a probability between 0 and 1, got '1.5'" in bad.stderr
 
 
+@pytest.mark.subprocess
 def test_predict_a_folder_skips_and_reports_the_bad_file(project, photos):
     r = cifar_predict(project, photos / "folder", "--run", "latest", "--top", "2")
     assert r.returncode == 1, r.stdout + r.stderr  # one file could not be scored
@@ -267,6 +270,7 @@ def test_predict_a_folder_skips_and_reports_the_bad_file(project, photos):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.subprocess
 def test_predict_archives_and_a_refused_one(project, photos):
     r = cifar_predict(project, photos / "images.tar.gz", photos / "images.zip", photos / "evil.tar",
                       "--run", "latest", "--json")
@@ -280,6 +284,7 @@ def test_predict_archives_and_a_refused_one(project, photos):
     assert "'link.png' is a link" in refused[0]["error"] and r.returncode == 1
 
 
+@pytest.mark.subprocess
 def test_predict_named_bad_inputs_say_which_file(project, photos, tmp_path):
     notes = photos / "folder" / "notes.txt"
     r = cifar_predict(project, notes, tmp_path / "missing.png", photos / "folder" / "test0.png")
@@ -289,6 +294,7 @@ def test_predict_named_bad_inputs_say_which_file(project, photos, tmp_path):
     assert r.stdout.startswith(str(photos / "folder" / "test0.png"))  # the good one was still scored
 
 
+@pytest.mark.subprocess
 def test_predict_names_an_unknown_run_or_pipeline(project, photos):
     img = photos / "folder" / "test0.png"
     r = cifar_predict(project, img, "--run", "20990101-000000-abcdef")
@@ -307,12 +313,14 @@ def _without_a_champion(project, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.subprocess
 def test_predict_without_a_champion_says_to_choose_a_run(project, photos, tmp_path):
     copy = _without_a_champion(project, tmp_path / "copy")
     r = cifar_predict({"root": copy}, photos / "folder" / "test0.png")
     assert r.returncode == 1 and "pipeline 'tiny' has no champion yet" in r.stderr and "--run latest" in r.stderr
 
 
+@pytest.mark.subprocess
 def test_predict_refuses_an_altered_model_before_loading_it(project, photos, tmp_path):
     copy = _without_a_champion(project, tmp_path / "copy")
     tflite = copy / "artifacts" / "tiny" / "runs" / project["runs"]["frog"].run_id / "model.tflite"
@@ -323,6 +331,7 @@ def test_predict_refuses_an_altered_model_before_loading_it(project, photos, tmp
     assert "was not loaded" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.subprocess
 def test_predict_never_imports_prefect_keras_or_tensorflow(project, photos, tmp_path):
     # Read by flows.config, as every command reads it: a file elsewhere, with a schedule (checked
     # as Prefect checks it, without Prefect: flows/cron.py).
@@ -595,6 +604,7 @@ def _with_classes(project, folder: Path, classes) -> Path:
     (["cat", None, "frog"], "entry 1 is None"),
     (["cat", "\x1b[31mdog", "frog"], "entry 1 is '\\x1b[31mdog'"),
 ])
+@pytest.mark.subprocess
 def test_classes_json_is_checked_against_the_model(project, photos, tmp_path, classes, words):
     path = _with_classes(project, tmp_path / "copy", classes)
     r = cifar_predict({"root": path.parents[4]}, photos / "folder" / "test0.png", "--run", "latest")
@@ -637,6 +647,7 @@ def test_small_batches_score_on_one_thread_with_the_same_answers(project):
     assert len(set(whole.argmax(axis=1))) > 1  # a model whose answers depend on the image
 
 
+@pytest.mark.subprocess
 def test_hostile_names_and_fifos_through_cifar_predict(project, photos, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -62,6 +62,7 @@ def huge_header_tar(path: Path, kind: bytes, size: int) -> None:
             f.write(block)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE], ids=["gnu-long-name", "pax"])
 def test_a_huge_tar_header_is_refused_before_it_is_read(tmp_path, kind):
     path = tmp_path / "names.tar.gz"
@@ -107,6 +108,7 @@ def test_the_default_budget_is_per_call_and_bounded():
     assert inputs.new_budget("x").max_members == inputs.MAX_INPUT_FILES
 
 
+@pytest.mark.subprocess
 def test_fifos_devices_and_links_in_a_folder_are_named_and_never_opened(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

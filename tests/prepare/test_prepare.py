@@ -14,7 +14,6 @@ import pytest
 
 from tasks.core.datacache import write_dataset_cache
 from tasks.core.pixels import one_hot, scale_pixels
-from tasks.prepare.tasks import validate_dataset
 from tasks.prepare.config import PrepareConfig
 from tasks.prepare.errors import DataValidationError
 from tasks.prepare.validation import validate_arrays, validation_path
@@ -53,6 +52,7 @@ def failure(x_train, y_train, x_test, y_test, **kw) -> str:
 
 
 # --------------------------------------------------------------------------- the stage's imports
+@pytest.mark.subprocess
 def test_importing_the_stage_loads_neither_tensorflow_nor_pandera():
     code = ("import sys, tasks.prepare; heavy = [m for m in ('tensorflow', 'keras', 'pandera', "
             "'pandas') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
@@ -210,6 +210,8 @@ def _local(task, data_dir: Path):
 @pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs")
 def test_task_is_cached_and_rechecks_its_file(prefect_engine, tmp_path):
     ds = _cache(tmp_path, f"tiny-{tmp_path.name}")
+    from tasks.prepare.tasks import validate_dataset  # Prefect: imported by the engine tests only
+
     task, cfg = _local(validate_dataset, tmp_path), PrepareConfig()
     first = task(ds, cfg, str(tmp_path), return_state=True)
     assert first.is_completed() and first.name == "Completed"
@@ -232,6 +234,8 @@ def test_task_is_cached_and_rechecks_its_file(prefect_engine, tmp_path):
 @pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs")
 def test_doctored_cache_fails_once_and_is_not_retried(prefect_engine, tmp_path):
     from prefect.client.orchestration import get_client
+
+    from tasks.prepare.tasks import validate_dataset
 
     ds = _cache(tmp_path, f"doctored-{tmp_path.name}", y_test=np.zeros(4, np.uint8))
     state = _local(validate_dataset, tmp_path)(ds, PrepareConfig(), str(tmp_path), return_state=True)

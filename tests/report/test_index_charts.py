@@ -114,6 +114,7 @@ def test_the_index_renders_with_1_2_and_100_runs(folders, n):
     assert "notebook" not in html.lower()  # no course text on the index
 
 
+@pytest.mark.subprocess
 def test_cifar_compare_writes_a_page_for_any_two_runs(folders, tmp_path):
     root, ds = folders
     art = tmp_path / "artifacts"

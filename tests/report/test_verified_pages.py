@@ -45,6 +45,7 @@ def sized(tmp_path_factory):
     return s
 
 
+@pytest.mark.subprocess
 def test_cifar_runs_shows_the_test_images_and_says_the_sizes_differ(sized):
     rows = layout.list_runs(sized.art)
     assert {r["run_id"]: r["test_images"] for r in rows} == {

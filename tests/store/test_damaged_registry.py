@@ -30,6 +30,10 @@ def cifar(*args: str, cwd: Path = REPO, timeout: float = 180) -> subprocess.Comp
                           text=True, timeout=timeout)
 
 
+# The shared chain runs `cifar runs` in a process between two saves.
+pytestmark = pytest.mark.subprocess
+
+
 @pytest.fixture(scope="module")
 def constant_models(tmp_path_factory):
     """A dataset cache and constant classifiers: accuracy 0.5, 0.3, 0.2, 0.2."""

@@ -209,6 +209,7 @@ def test_a_person_promotes_a_run_and_rolls_back(by_hand):
     assert all(h["at"] for h in history) and history[1]["reason"].endswith(": canary")
 
 
+@pytest.mark.subprocess
 def test_promoting_a_damaged_run_is_refused_with_exit_2_and_no_traceback(by_hand):
     with pytest.raises(PromoteError) as err:
         promote_by_hand(by_hand.art, "tiny", by_hand.c1.run_id)

@@ -30,7 +30,6 @@ from flows.config import PipelineConfig
 from tasks.core.records import TrainRecord, ValidationRecord
 from tasks.download.config import DatasetConfig
 from tasks.prepare.config import PrepareConfig
-from tasks.store.tasks import save_run
 from tasks.store.config import PromoteConfig
 from tasks.train.config import TrainingConfig
 from tasks.store.evaluation import per_class_metrics
@@ -333,6 +332,7 @@ def test_half_written_and_foreign_folders_are_never_listed(sequence):
     assert list_runs(root, "other") == []
 
 
+@pytest.mark.subprocess
 def test_a_crash_mid_save_leaves_no_run_and_no_registry_change(tmp_path, dataset, models, monkeypatch):
     from tasks.store import export
 
@@ -420,6 +420,7 @@ def test_save_run_task_is_cached_on_a_rerun(prefect_engine, tmp_path, dataset, m
     from prefect import flow
 
     from tasks.core.caching import bind_local
+    from tasks.store.tasks import save_run  # Prefect: imported by the engine tests only
 
     task = bind_local(save_run, tmp_path / "data")  # as flows/cifar.py binds it
     artifacts = tmp_path / "artifacts"

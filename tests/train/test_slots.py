@@ -50,6 +50,7 @@ def slot_dir(tmp_path, monkeypatch):
     return tmp_path / "slots"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_holder_that_dies_frees_its_slot_at_once(slot_dir, sig):
     proc = _holder(slot_dir)
@@ -66,6 +67,7 @@ def test_a_holder_that_dies_frees_its_slot_at_once(slot_dir, sig):
     assert holders(NAME) == []
 
 
+@pytest.mark.subprocess
 def test_a_waiting_training_names_the_holder_and_what_frees_it(slot_dir, caplog, monkeypatch):
     import tasks.train.slots as slots
 
@@ -84,6 +86,7 @@ def test_a_waiting_training_names_the_holder_and_what_frees_it(slot_dir, caplog,
     assert any("got a slot of " + NAME in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.subprocess
 def test_slots_admit_that_many_trainings_at_once(slot_dir):
     first = _holder(slot_dir, slots=2)
     try:
@@ -128,6 +131,7 @@ def test_two_clusters_starting_together_never_split_the_slots(slot_dir):
     assert not errors and sorted(ran) == ["A", "A", "B", "B"]
 
 
+@pytest.mark.subprocess
 def test_a_cluster_waiting_for_its_slots_holds_none_of_them(slot_dir):
     one = _holder(slot_dir, slots=2)  # one slot of two taken by another training
     got, release = threading.Event(), threading.Event()
@@ -156,6 +160,7 @@ def test_a_cluster_waiting_for_its_slots_holds_none_of_them(slot_dir):
             one.kill()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_a_wait_for_a_slot_at_once(slot_dir, sig):
     holder = _holder(slot_dir)
