@@ -107,17 +107,6 @@ def project(tmp_path_factory):
     return root, env
 
 
-@pytest.mark.timeout(500)
-def test_cifar_run_prints_the_report_path_last(project):
-    root, env = project
-    r = subprocess.run([*CIFAR, "run", "tiny"], cwd=root, env=env, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=400)
-    lines = [line for line in r.stdout.splitlines() if line.strip()]
-    assert r.returncode == 0, r.stdout[-3000:]
-    assert "Traceback" not in r.stdout
-    assert lines[-1].endswith("report.html") and Path(lines[-1]).is_file(), lines[-4:]
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(500)
 def test_a_kill_9_of_cifar_run_leaves_nothing_running(project):
