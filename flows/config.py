@@ -257,6 +257,9 @@ def _describe(node: dict) -> str:
     return words.get(node.get("type"), "a valid value")
 
 
+_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}  # booleans to YAML 1.1, words to this file
+
+
 def _message(error: ErrorDetails) -> str:
     """One pydantic error as ``key.path: what is wrong``, worded as the CLI always has."""
     kind, loc, value = error["type"], error["loc"], error["input"]
@@ -273,6 +276,8 @@ def _message(error: ErrorDetails) -> str:
         text = f"must be a finite number, got {value!r}"
     elif kind.endswith(("_type", "_parsing")) or kind == "int_from_float":
         text = f"expected {_describe(_schema_at(loc))}, got {value!r}"
+        if kind == "bool_type" and str(value).lower() in _YAML11_BOOLS:
+            text += " (only true and false are booleans here, as in YAML 1.2)"
     elif kind in ("too_short", "string_too_short"):
         text = f"must not be empty, got {value!r}"
     else:

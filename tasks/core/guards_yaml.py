@@ -12,12 +12,17 @@ gigabytes ("billion laughs"), an anchor inside itself becomes a self-referencing
   contains it (a recursive alias), naming the line;
 - refuses a key given twice in one mapping, naming the key and both lines (PyYAML silently
   keeps the last: a whole pipeline replaced). A key that overrides one merged in with ``<<`` is
-  YAML's own override, not a duplicate.
+  YAML's own override, not a duplicate;
+- reads only ``true`` and ``false`` as booleans, as YAML 1.2 does: YAML 1.1's ``yes``, ``no``,
+  ``on``, ``off``, ``y`` and ``n`` stay the words they are, so ``flip: off`` is the choice
+  ``"off"``, not ``false`` (a setting that wants a boolean says so when it gets one of them).
 
 Every refusal is a ``YamlLimitError`` (a ``yaml.YAMLError``) whose message names the line.
 """
 
 from __future__ import annotations
+
+import re
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -64,6 +69,16 @@ class BoundedLoader(yaml.SafeLoader):
         if isinstance(node, MappingNode):
             refuse_duplicate_keys(node)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's booleans only (see the module docstring): SafeLoader's resolvers less its YAML 1.1
+# bool rule, plus true/false in the three spellings the 1.2 core schema allows.
+_BOOL = "tag:yaml.org,2002:bool"
+BoundedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in rules if tag != _BOOL]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+BoundedLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def refuse_duplicate_keys(node: MappingNode) -> None:

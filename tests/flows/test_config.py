@@ -228,7 +228,7 @@ def test_numbers_and_booleans_are_what_they_say(tmp_path):
         pipelines:
           a:
             training: {epochs: 5.0, batch_size: "32", augment: 1, optimizer: {momentum: true}}
-            keep_last: yes
+            keep_last: true
     """)
     assert sorted(problems(p)) == [
         "pipelines.a.keep_last: expected an integer, got True",
@@ -237,6 +237,22 @@ def test_numbers_and_booleans_are_what_they_say(tmp_path):
         "pipelines.a.training.epochs: expected an integer, got 5.0",
         "pipelines.a.training.optimizer.momentum: expected a number, got True",
     ]
+
+
+def test_yes_no_on_off_are_words_not_booleans(tmp_path):
+    # YAML 1.1 reads them as booleans: `flip: off` would be false, refused as no flip choice
+    p = write(tmp_path, """
+        pipelines:
+          a: {training: {recipe: {flip: off}}, promote: {auto: no}}
+          b: {training: {recipe: {flip: random}}, promote: {auto: false}}
+    """)
+    assert problems(p) == ["pipelines.a.promote.auto: expected true or false, got 'no' "
+                           "(only true and false are booleans here, as in YAML 1.2)"]
+    p.write_text(p.read_text().replace("auto: no", "auto: FALSE"))
+    s = load_settings(p)
+    assert s.pipelines["a"].training.recipe.flip == "off" and s.pipelines["a"].promote.auto is False
+    s = load_settings(p, parse_set(["training.recipe.flip=off"]), "b")  # the same on the command line
+    assert s.pipelines["b"].training.recipe.flip == "off"
 
 
 def test_an_integer_or_a_number_read_as_text_is_a_number(tmp_path):
