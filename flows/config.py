@@ -28,7 +28,7 @@ from flows.jobs import DeployConfig
 from tasks.core.errors import ConfigError
 from tasks.core.guards_files import NotRegularFileError, TooLargeError, read_regular
 from tasks.core.guards_yaml import MAX_BYTES as MAX_CONFIG_BYTES
-from tasks.core.guards_yaml import YamlLimitError, load_bounded
+from tasks.core.guards_yaml import YAML11_BOOL_WORDS, YamlLimitError, load_bounded
 from tasks.core.settings import SETTINGS
 from tasks.download.config import DatasetConfig
 from tasks.prepare.config import PrepareConfig
@@ -257,9 +257,6 @@ def _describe(node: dict) -> str:
     return words.get(node.get("type"), "a valid value")
 
 
-_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}  # booleans to YAML 1.1, words to this file
-
-
 def _message(error: ErrorDetails) -> str:
     """One pydantic error as ``key.path: what is wrong``, worded as the CLI always has."""
     kind, loc, value = error["type"], error["loc"], error["input"]
@@ -276,7 +273,7 @@ def _message(error: ErrorDetails) -> str:
         text = f"must be a finite number, got {value!r}"
     elif kind.endswith(("_type", "_parsing")) or kind == "int_from_float":
         text = f"expected {_describe(_schema_at(loc))}, got {value!r}"
-        if kind == "bool_type" and str(value).lower() in _YAML11_BOOLS:
+        if kind == "bool_type" and str(value).lower() in YAML11_BOOL_WORDS:
             text += " (only true and false are booleans here, as in YAML 1.2)"
     elif kind in ("too_short", "string_too_short"):
         text = f"must not be empty, got {value!r}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # Offline and quiet before Prefect or TensorFlow is imported anywhere.
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -80,8 +81,6 @@ _started: list[str] = []
 
 
 def _note_popen(init):
-    import sys
-
     def __init__(self, args, *a, **kw):
         # platform.architecture() and .processor() run `file` and `uname` while Prefect or
         # TensorFlow is first imported: a library's own detail, not a process the test starts.

@@ -73,6 +73,7 @@ class BoundedLoader(yaml.SafeLoader):
 
 # YAML 1.2's booleans only (see the module docstring): SafeLoader's resolvers less its YAML 1.1
 # bool rule, plus true/false in the three spellings the 1.2 core schema allows.
+YAML11_BOOL_WORDS = frozenset({"yes", "no", "on", "off", "y", "n"})  # read here as the words they are
 _BOOL = "tag:yaml.org,2002:bool"
 BoundedLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in rules if tag != _BOOL]

@@ -16,8 +16,8 @@ import math
 import pickle
 import threading
 import warnings
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 # Families tried, in order, for a character the first one lacks (matplotlib >= 3.6 falls back

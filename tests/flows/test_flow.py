@@ -182,11 +182,15 @@ def test_a_doctored_dataset_stops_the_flow_before_training(prefect_engine, tmp_p
     assert not (tmp_path / "artifacts/tiny").exists()
 
 
-def _cli(*args, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def _cli(*args, cwd: Path, env_extra: dict | None = None, from_project: bool = False) -> subprocess.CompletedProcess:
+    """``cifar ARGS`` in a fresh process with the project ``cwd``'s own PREFECT_HOME.
+    ``from_project``: run in ``cwd`` itself (its pipelines.yaml found there) with stdout and stderr
+    in one stream, as a terminal shows them."""
     env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_HOME": prefect_home(cwd / "prefect-home"),
-           **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env_extra or {})}
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if from_project else {"capture_output": True}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd if from_project else REPO, env=env,
+                          text=True, timeout=300, **streams)
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +203,7 @@ def cli_runs(tmp_path_factory):
         built = build_binary_archive(root, n_train=100, n_test=40, seed=3)
         url = server.add("cifar-10-binary.tar.gz", built.path)
         cfg = pipelines_yaml(root, url, built.sha256)
-        env = {**os.environ, "PREFECT_API_URL": "", "PREFECT_HOME": prefect_home(root / "prefect-home"),
-               "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-        first = subprocess.run([sys.executable, "-m", "flows.cli", "run", "tiny"], cwd=root, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        first = _cli("run", "tiny", cwd=root, from_project=True)
         again = _cli("run", "tiny", "--config", str(cfg), cwd=root)
     return SimpleNamespace(root=root, first=first, again=again)
 
