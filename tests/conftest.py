@@ -17,10 +17,15 @@ for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
 
 # This session's own training slots (tasks/train/slots.py): each pytest-xdist worker's trainings,
 # and the processes its tests start, wait for each other, never for another worker's or a user's.
-if "CIFAR_SLOT_DIR" not in os.environ:
+# Keyed by worker: xdist's workers inherit the controller's environment, so a folder made once
+# (by the controller, which imports this file first) was shared by all workers, and one worker's
+# kill -9 test saw the other worker's training hold "its" slot (CI, 2026-12-07).
+_SLOTS_OF = os.environ.get("PYTEST_XDIST_WORKER", "controller") + f":{os.getpid()}"
+if os.environ.get("CIFAR_TEST_SLOTS_OF") != _SLOTS_OF:
     import tempfile
 
     os.environ["CIFAR_SLOT_DIR"] = tempfile.mkdtemp(prefix="cifar-slots-")
+    os.environ["CIFAR_TEST_SLOTS_OF"] = _SLOTS_OF
 
 import pytest
 

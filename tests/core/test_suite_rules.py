@@ -4,6 +4,7 @@ real conftest, run by pytest in a process of its own."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,28 @@ def test_an_unmarked_test_that_starts_a_process_fails_naming_it(pytester):
         assert f"test_spawns.py::{name} started a process" in out, out
     assert "os.fork()" in out and "print('from a fixture')" in out
     assert "mark it @pytest.mark.subprocess" in out
+
+
+@pytest.mark.subprocess
+def test_each_xdist_worker_trains_in_slots_of_its_own(pytester, tmp_path):
+    """Workers inherit the controller's environment; a slot folder made once was shared, and one
+    worker's training held the slot another worker's kill -9 test expected to be free."""
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makeini("[pytest]\nmarkers =\n    subprocess: starts processes\n")
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    body = f"""
+        import os, pathlib
+
+        def test_where():
+            who = os.environ.get("PYTEST_XDIST_WORKER", "none")
+            pathlib.Path({str(seen)!r}, who + "-" + str(os.getpid())).write_text(os.environ["CIFAR_SLOT_DIR"])
+    """
+    pytester.makepyfile(**{f"test_w{i}": body for i in range(4)})
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-n", "2",
+                                        "--dist", "loadfile")
+    res.assert_outcomes(passed=4)
+    by_worker = {f.name.split("-")[0]: f.read_text() for f in seen.iterdir()}
+    assert len(by_worker) == 2, by_worker
+    assert len(set(by_worker.values())) == 2, by_worker
+    assert os.environ["CIFAR_SLOT_DIR"] not in by_worker.values()
