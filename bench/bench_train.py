@@ -1,7 +1,7 @@
 """Per-epoch time of seed_cnn: the training stage's tf.data input vs the notebook's model.fit on
 NumPy float arrays. Same images, model, optimizer, batch size and machine, in ONE process.
 
-    .venv/bin/python -m bench.bench_train [--train 10000] [--test 2000] [--rounds 2] [--bf16]
+    .venv/bin/python -m bench.bench_train [--train 10000] [--test 2000] [--rounds 2] [--bf16] [--stage]
 
 On a GPU machine the pipeline runs with the stage's GPU defaults (mixed_float16 + XLA) and is
 also timed with both off (``pipeline_float32_no_xla``).
@@ -18,6 +18,13 @@ first --train train and --test test images of the seed-0 shuffled splits) becaus
   batch, scale + one-hot in tf.data, prefetch), with the stage's runtime resolution (float32, no
   XLA on CPU).
 
+- stage (``--stage``): the train stage itself, ``tasks.train.run.run_training`` as a ``cifar run``
+  of the notebook's recipe calls it (its slot, epoch history, epoch backups, log line,
+  TensorBoard logs, TerminateOnNaN, the model folder's commit), for two epochs from scratch with
+  ``validation: test``; timed is its second epoch, from that epoch's start to the end of training
+  (every callback's end-of-epoch work included), wall and CPU. What a user's run adds beside the
+  pipeline's bare ``fit``, measured.
+
 Each variant first traces its train/validation functions on a few batches (warm-up), then one
 full epoch (with validation) is timed; variants alternate (A B A B ...) so a load spike on the
 shared cores hits both. Wall and CPU seconds (this process, all threads) are both recorded: on
@@ -28,13 +35,17 @@ time, medians, minima and the ratios pipeline / notebook (<= 1.0: the pipeline i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -75,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--bf16", action="store_true", help="also time the pipeline in mixed_bfloat16")
+    ap.add_argument("--stage", action="store_true",
+                    help="also time the train stage itself (run_training, all its callbacks)")
     args = ap.parse_args(argv)
 
     import keras
@@ -131,7 +144,36 @@ def main(argv=None) -> int:
         h = model.fit(train_ds, epochs=1, verbose=0, validation_data=val_ds, shuffle=False)
         return time.perf_counter() - t, _cpu() - c, h.history
 
+    class EpochClock(keras.callbacks.Callback):
+        """Wall and CPU seconds from the last epoch's start to the end of training: every
+        callback's work at that epoch's end is inside it, whatever their order."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t, self.c = time.perf_counter(), _cpu()
+
+        def on_train_end(self, logs=None):
+            self.secs, self.cpu_secs = time.perf_counter() - self.t, _cpu() - self.c
+
+    def stage():
+        from tasks.core.holdout import TEST, Holdout
+        from tasks.train.model_folder import model_dir
+        from tasks.train.run import run_training
+
+        scratch = Path(tempfile.mkdtemp(prefix="stage-", dir=OUT))
+        os.environ["CIFAR_SLOT_DIR"] = str(scratch / "slots")  # never waits for another training here
+        clock = EpochClock()
+        try:
+            done = run_training(record, None, "seed_cnn", dataclasses.replace(cfg, epochs=2),
+                                SimpleNamespace(standardize=False), scratch, force=True,
+                                extra_callbacks=(clock,), holdout=Holdout(TEST))
+            final = json.loads((model_dir(scratch, done.key) / "train.json").read_text())["final"]
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return clock.secs, clock.cpu_secs, {"val_accuracy": [final["val_accuracy"]]}
+
     variants = {"notebook": notebook, "pipeline": pipeline}
+    if args.stage:
+        variants["stage"] = stage
     if args.bf16:
         variants["pipeline_bf16"] = lambda: pipeline("mixed_bfloat16", False)
     if runtime.gpus:  # the stage's GPU default (mixed_float16 + XLA) vs both switched off
@@ -187,6 +229,7 @@ def main(argv=None) -> int:
     for name in med:
         if name not in ("notebook", "pipeline"):
             result[f"ratio_{name}_over_notebook"] = round(med[name] / med["notebook"], 3)
+            result[f"ratio_cpu_{name}_over_notebook"] = round(cpu_med[name] / cpu_med["notebook"], 3)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if "ratio" in k or k.startswith(("median", "min"))}))
