@@ -64,6 +64,7 @@ ABLATIONS = [
     ("stem bias trains throughout", {"training.recipe.whiten_bias_epochs": None}),
     ("float32 (no bf16)", {"training.mixed_precision": "off"}),
     ("batch 1,024, airbench's (half the steps; not a removal)", {"training.batch_size": 1024}),
+    ("no flips", {"training.recipe.flip": "off"}),  # last: --pieces numbers of the rows above stay
 ]
 
 

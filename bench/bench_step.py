@@ -3,12 +3,19 @@
 process, rounds alternating (stock, fused, stock, ...) so a load spike on the shared cores hits both.
 
     .venv/bin/python -m bench.bench_step [--batch 512] [--steps 16] [--rounds 3] [--precision auto]
+    .venv/bin/python -m bench.bench_step --settings [--rounds 2]   # TensorFlow's thread settings
 
 Each round builds the `fast` model (widths 64/128/128; the project's builder, optimizer and loss),
 compiles it without whole-model XLA as the CPU path does, traces the train function on 3 steps,
 then times --steps steps on one fixed batch of random images (a callback stamps every step end;
 the first two intervals are dropped). Result: bench/out/step.json with every round's median step
 seconds and the ratio fused / stock of the medians (< 1: fused is faster).
+
+``--settings``: the fused step (what the CPU path trains) under each of ``SETTINGS``, TensorFlow's
+own environment switches for its thread pools and oneDNN, each timed in a fresh process (they are
+read once, when TensorFlow starts), settings alternating round by round. Result:
+bench/out/step-settings.json with every process's median step and each setting's median over the
+rounds against the default's (< 1: faster than TensorFlow's defaults).
 """
 
 from __future__ import annotations
@@ -27,6 +34,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out" / "step.json"
+SETTINGS = {  # name -> environment; each is read by TensorFlow once, at start-up
+    "default": {},
+    "inter-op pool 1 thread": {"TF_NUM_INTEROP_THREADS": "1"},
+    "intra-op pool 1 thread": {"TF_NUM_INTRAOP_THREADS": "1"},
+    "oneDNN off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+}
 
 
 def time_steps(fused: bool, batch: int, steps: int) -> float:
@@ -60,21 +73,66 @@ def time_steps(fused: bool, batch: int, steps: int) -> float:
     return statistics.median(gaps)
 
 
+def compare_settings(args) -> int:
+    """The fused step under each of SETTINGS, one fresh process per timing."""
+    import subprocess
+
+    from tasks.train.devices import cpu_has_bf16
+
+    steps: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for r in range(args.rounds):
+        for name, env in SETTINGS.items():
+            cmd = [sys.executable, "-m", "bench.bench_step", "--one", "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--precision", args.precision]
+            proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{name}: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+            steps[name].append(json.loads(proc.stdout.strip().splitlines()[-1])["step_seconds"])
+            print(f"round {r}: {name:<24} {steps[name][-1]:.3f} s/step", flush=True)
+    medians = {k: statistics.median(v) for k, v in steps.items()}
+    result = {"batch": args.batch, "steps": args.steps, "precision": args.precision, "settings": SETTINGS,
+              "step_seconds": steps, "median_step_seconds": medians,
+              "ratio_over_default": {k: round(v / medians["default"], 3) for k, v in medians.items()},
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "bf16_cpu": cpu_has_bf16()},
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = OUT.with_name("step-settings.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, ratio in result["ratio_over_default"].items():
+        print(f"{name:<24} {medians[name]:.3f} s/step  {ratio:.3f}x the default")
+    print(f"written: {out}")
+    return 0
+
+
+def set_precision(precision: str) -> str:
+    import keras
+
+    from tasks.train.devices import cpu_has_bf16
+
+    if precision == "auto":
+        precision = "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--precision", default="auto", help="auto: mixed_bfloat16 where the CPU has bf16, else float32")
+    ap.add_argument("--settings", action="store_true", help="compare TensorFlow's thread/oneDNN settings")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one fused timing, as JSON
     args = ap.parse_args(argv)
-    import keras
-
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    if args.settings:
+        return compare_settings(args)
+    if args.one:
+        set_precision(args.precision)
+        print(json.dumps({"step_seconds": time_steps(True, args.batch, args.steps)}))
+        return 0
     from tasks.train.devices import cpu_has_bf16
 
-    precision = args.precision
-    if precision == "auto":
-        precision = "mixed_bfloat16" if cpu_has_bf16() else "float32"
-    keras.mixed_precision.set_global_policy(precision)
+    precision = set_precision(args.precision)
     rounds = {"stock": [], "fused": []}
     for r in range(args.rounds):
         for name in ("stock", "fused"):
@@ -85,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
               "median_step_seconds": medians, "ratio_fused_over_stock": medians["fused"] / medians["stock"],
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "bf16_cpu": cpu_has_bf16()},
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"stock {medians['stock']:.3f} s/step, fused {medians['fused']:.3f} s/step: "
           f"ratio {result['ratio_fused_over_stock']:.2f}; written: {OUT}")
