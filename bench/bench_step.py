@@ -4,6 +4,7 @@ process, rounds alternating (stock, fused, stock, ...) so a load spike on the sh
 
     .venv/bin/python -m bench.bench_step [--batch 512] [--steps 16] [--rounds 3] [--precision auto]
     .venv/bin/python -m bench.bench_step --settings [--rounds 2]   # TensorFlow's thread settings
+    .venv/bin/python -m bench.bench_step --input [--rounds 2]      # the input stream's share
 
 Each round builds the `fast` model (widths 64/128/128; the project's builder, optimizer and loss),
 compiles it without whole-model XLA as the CPU path does, traces the train function on 3 steps,
@@ -16,6 +17,13 @@ own environment switches for its thread pools and oneDNN, each timed in a fresh 
 read once, when TensorFlow starts), settings alternating round by round. Result:
 bench/out/step-settings.json with every process's median step and each setting's median over the
 rounds against the default's (< 1: faster than TensorFlow's defaults).
+
+``--input``: the recipe's training stream alone (``tasks.train.inputs.recipe_dataset`` over the
+50,000 real training images as uint8 in memory: permutation, alternating flips, 2-pixel
+translation, scaling, one-hot; what the `fast` run feeds ``fit``), one epoch per round with no
+model, wall and CPU seconds; beside it the fused step times the epoch's steps, so the stream's
+share of an epoch's CPU is an upper bound on what a faster input path could save.
+Result: bench/out/step-input.json.
 """
 
 from __future__ import annotations
@@ -103,6 +111,52 @@ def compare_settings(args) -> int:
     return 0
 
 
+def time_input(args) -> int:
+    """One epoch of the recipe's stream per round, no model; the fused step for comparison."""
+    import resource
+
+    from bench.make_archives import decoded_jpegs
+    from tasks.train.inputs import recipe_dataset
+
+    x, y, _, _ = decoded_jpegs()
+    pixels = x.reshape(-1, 3) / 255.0  # standardised, as `fast` (prepare.standardize) feeds it
+    mean, std = [float(v) for v in pixels.mean(0)], [float(v) for v in pixels.std(0)]
+    del pixels
+    stream = recipe_dataset(x, y, 10, args.batch, seed=42, epochs=1_000, mean=mean, std=std)
+    steps = len(y) // args.batch
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    walls, cpus = [], []
+    it = iter(stream)
+    next(it)  # the pipeline built and its first batch made
+    for r in range(args.rounds):
+        t, c = time.perf_counter(), cpu()
+        for _ in range(steps):
+            next(it)
+        walls.append(round(time.perf_counter() - t, 3))
+        cpus.append(round(cpu() - c, 3))
+        print(f"round {r}: one epoch of the stream ({steps} batches of {args.batch}): {walls[-1]:.2f} s "
+              f"(CPU {cpus[-1]:.2f} s)", flush=True)
+    set_precision(args.precision)
+    step = time_steps(True, args.batch, args.steps)
+    epoch = step * steps
+    result = {"batch": args.batch, "steps_per_epoch": steps, "stream_epoch_seconds": walls,
+              "stream_epoch_cpu_seconds": cpus, "fused_step_seconds": step,
+              "epoch_of_steps_seconds": round(epoch, 2),
+              "stream_cpu_share_of_epoch": round(statistics.median(cpus) / (epoch * (os.cpu_count() or 1)), 4),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = OUT.with_name("step-input.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"stream: {statistics.median(walls):.2f} s/epoch wall, {statistics.median(cpus):.2f} CPU-s; "
+          f"the epoch's {steps} fused steps: {epoch:.1f} s ({step:.3f} s/step); the stream's CPU is "
+          f"{result['stream_cpu_share_of_epoch']:.1%} of the epoch's {os.cpu_count()} cores. written: {out}")
+    return 0
+
+
 def set_precision(precision: str) -> str:
     import keras
 
@@ -121,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--precision", default="auto", help="auto: mixed_bfloat16 where the CPU has bf16, else float32")
     ap.add_argument("--settings", action="store_true", help="compare TensorFlow's thread/oneDNN settings")
+    ap.add_argument("--input", action="store_true", help="time the recipe's input stream alone")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # one fused timing, as JSON
     args = ap.parse_args(argv)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     if args.settings:
         return compare_settings(args)
+    if args.input:
+        return time_input(args)
     if args.one:
         set_precision(args.precision)
         print(json.dumps({"step_seconds": time_steps(True, args.batch, args.steps)}))
