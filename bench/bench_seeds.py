@@ -97,7 +97,9 @@ def run_notebook(seed: int, epochs: int, env: dict[str, str]) -> dict:
     if proc.returncode != 0 or len(last) < 2:
         raise SystemExit(f"the notebook's code, seed {seed}, failed ({proc.returncode}):\n"
                          f"{(proc.stdout + proc.stderr)[-3000:]}")
-    return {"seed": seed, "test_accuracy": round(float(last[1]), 4), "epochs": epochs, "wall_s": round(wall, 1)}
+    fit = float(last[3]) if len(last) >= 4 else None  # model.fit's own seconds (no imports, no data load)
+    return {"seed": seed, "test_accuracy": round(float(last[1]), 4), "epochs": epochs, "wall_s": round(wall, 1),
+            "fit_s": fit, "fit_s_per_epoch": round(fit / epochs, 2) if fit else None}
 
 
 def summarise(accuracies: list[float]) -> dict:
