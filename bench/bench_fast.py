@@ -1,6 +1,7 @@
 """The fast recipe (issue 13) against the notebook's, in one run on one machine.
 
     .venv/bin/python -m bench.bench_fast [--seeds 42 43 44] [--notebook-seeds 42 43 44] [--plot]
+                                         [--pipeline fast-budget] [--own-seeds 42] [--own-epochs 20]
     .venv/bin/python -m bench.bench_fast --ablate [--seed 42] [--pieces 1 2 3]
     (either with --set KEY=VALUE for every `fast` run, e.g. --set training.epochs=8)
 
@@ -16,6 +17,11 @@ recipe's test-time augmentation (metrics.json ``test_accuracy``) and without it
 (``tta.accuracy.off``), precision and devices. For ``fast`` the 6-view evaluation is also timed
 here, by scoring the run's model.keras again in this process, which must reproduce the stored
 accuracy exactly. The notebook's evaluation (one view) is timed the same way.
+
+``--own-seeds``: first, the notebook's own code (``bench.bench_memory.NOTEBOOK``: ``model.fit`` on
+in-memory float arrays, batch 32) for ``--own-epochs`` epochs per seed, its ``fit`` seconds per
+epoch recorded; with them the recipe's mean training + evaluation seconds over the notebook's own
+20 epochs (``ratio_fast_over_own_20_epochs``; per-epoch seconds x 20 when fewer epochs ran).
 
 ``--ablate``: one ``cifar sweep fast --seed S --ablate training.recipe.X=... ...``: the full recipe
 and ``fast`` once per piece switched off (one seed), children one after another, none promoted;
@@ -258,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="a setting for every `fast` run, as `cifar run --set` takes it "
                          "(e.g. training.epochs=8 or training.batch_size=512); repeatable")
     ap.add_argument("--out", default=None, help="default: bench/out/fast.json, with --ablate fast-ablation.json")
+    ap.add_argument("--pipeline", default=FAST, help="the recipe's pipeline (e.g. fast-budget)")
+    ap.add_argument("--own-seeds", type=int, nargs="*", default=[],
+                    help="also train the notebook's own code (model.fit on in-memory arrays) with these seeds")
+    ap.add_argument("--own-epochs", type=int, default=20, help="epochs of the notebook's own code")
     args = ap.parse_args(argv)
     import yaml
 
@@ -291,19 +301,34 @@ def main(argv: list[str] | None = None) -> int:
         result["ablation"] = ablation_rows(trained[0][1], trained)
         save()
     else:
+        from bench.bench_seeds import run_notebook
+
+        for seed in args.own_seeds:  # first: the baseline the recipe's time is held against
+            row = run_notebook(seed, args.own_epochs, env)
+            result.setdefault("own_runs", []).append(row)
+            fit = [r["fit_s_per_epoch"] for r in result["own_runs"]]
+            result["own_summary"] = {"test_accuracy": spread([r["test_accuracy"] for r in result["own_runs"]]),
+                                     "fit_s_per_epoch": spread(fit),
+                                     "fit_s_20_epochs": round(statistics.fmean(fit) * 20, 1)}
+            print(f"notebook's own code seed {seed}: test {row['test_accuracy']:.4f}, {row['epochs']} epochs, "
+                  f"fit {row['fit_s']:.0f} s ({row['fit_s_per_epoch']:.1f} s/epoch)", flush=True)
+            save()
         notebook_seeds = args.seeds if args.notebook_seeds is None else args.notebook_seeds
-        jobs = [(FAST, s) for s in args.seeds] + [(NOTEBOOK, s) for s in notebook_seeds]
+        jobs = [(args.pipeline, s) for s in args.seeds] + [(NOTEBOOK, s) for s in notebook_seeds]
         for pipeline, seed in jobs:
-            row = run_pipeline(pipeline, seed, artifacts, env, fast_sets if pipeline == FAST else None)
+            row = run_pipeline(pipeline, seed, artifacts, env, fast_sets if pipeline == args.pipeline else None)
             row.update(time_evaluation(row["run"]))
             result["runs"].append(row)
             print(f"{pipeline:<11} seed {seed}: test {row['test_accuracy']:.4f} (plain {row['plain_accuracy']:.4f}), "
                   f"train {row['train_seconds']:.0f} s, eval {row['eval_seconds']:.1f} s, "
                   f"{row['precision']}{'' if row['trained_now'] else ' (cached)'}", flush=True)
-            for name, key in ((FAST, "fast_summary"), (NOTEBOOK, "notebook_summary")):
+            for name, key in ((args.pipeline, "fast_summary"), (NOTEBOOK, "notebook_summary")):
                 rows = [r for r in result["runs"] if r["pipeline"] == name]
                 if rows:
                     result[key] = summarise(rows)
+            own, mine = result.get("own_summary"), (result.get("fast_summary") or {}).get("train_plus_eval_seconds")
+            if own and mine:  # the recipe's training + evaluation against the notebook's own 20 epochs
+                result["ratio_fast_over_own_20_epochs"] = round(mine["mean"] / own["fit_s_20_epochs"], 3)
             save()
         if args.plot and result["runs"]:
             print(f"plot: {plot(result, PLOT)}")
