@@ -66,7 +66,12 @@ def test_pipelines_yaml_takes_a_budget_and_names_a_wrong_one(tmp_path):
         "pipelines.plain.training.budget: chooses a recipe's epochs (its schedule is laid over them); the "
         "notebook's recipe trains `epochs` as given: add training.recipe or remove training.budget"]
     p.write_text(p.read_text().replace("plain: {training: {budget: 20}}", "plain: {}"))
-    assert load_settings(p).pipelines["quick"].training.budget == 20
+    quick = load_settings(p).pipelines["quick"]
+    assert quick.training.budget == 20
+
+    from flows.cifar import describe
+
+    assert "the epochs of 20 notebook epochs on this machine (at most 20)" in describe(quick, None)
 
 
 # --------------------------------------------------------------------------- the machine
