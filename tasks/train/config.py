@@ -109,6 +109,12 @@ class TrainingConfig:
     # there (tasks.train.budget); `epochs` is then the most it may take. None: `epochs` as given.
     budget: float | None = None
 
+    def epochs_text(self) -> str:
+        """"17 epoch(s)", or for a budget the machine's choice and its ceiling."""
+        if self.budget is None:
+            return f"{self.epochs} epoch(s)"
+        return f"the epochs of {self.budget:g} notebook epochs on this machine (at most {self.epochs})"
+
     def problems(self) -> list[tuple[str, str]]:
         out = []
         for key in ("epochs", "batch_size"):
