@@ -42,7 +42,7 @@ def describe(chosen: PipelineConfig, overrides: dict[str, Any] | None) -> str:
     "one epoch" of a run overridden to four): model, data, epochs, batch, and the overrides."""
     ds, tr = chosen.dataset, chosen.training
     limits = "" if ds.limit_train is None else f" (limit {ds.limit_train}/{ds.limit_test})"
-    line = (f"pipeline {chosen.name}: {chosen.model} on {ds.format}{limits}, {tr.epochs} epoch(s), "
+    line = (f"pipeline {chosen.name}: {chosen.model} on {ds.format}{limits}, {tr.epochs_text()}, "
             f"batch {tr.batch_size}, seed {tr.seed}; validation: {chosen.dataset.holdout.describe()}")
     if overrides:
         line += "; overridden: " + ", ".join(f"{k}={v}" for k, v in overrides.items())

@@ -136,7 +136,7 @@ def cmd_check(args) -> int:
         schedule, dataset, training = pipeline.schedule, pipeline.dataset, pipeline.training
         when = f"cron '{schedule.cron}' {schedule.timezone}" if schedule else "no schedule"
         limits = "" if dataset.limit_train is None else f" limit {dataset.limit_train}/{dataset.limit_test}"
-        print(f"  {name:<12} {pipeline.model} on {dataset.format}{limits}, {training.epochs} epoch(s), "
+        print(f"  {name:<12} {pipeline.model} on {dataset.format}{limits}, {training.epochs_text()}, "
               f"batch {training.batch_size}; {when}")
         print(f"  {'':<12} validation: {pipeline.dataset.holdout.describe()}; promoted by {pipeline.promote.metric}")
         if pipeline.expect:

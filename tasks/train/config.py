@@ -105,6 +105,15 @@ class TrainingConfig:
     mixed_precision: Literal["auto", "off", "mixed_float16", "mixed_bfloat16"] = "auto"
     xla: Literal["auto", "on", "off"] = "auto"
     recipe: RecipeConfig | None = None  # the airbench recipe; None: the notebook's
+    # The recipe's epochs chosen on each machine so the run fits this many of the notebook's epochs
+    # there (tasks.train.budget); `epochs` is then the most it may take. None: `epochs` as given.
+    budget: float | None = None
+
+    def epochs_text(self) -> str:
+        """"17 epoch(s)", or for a budget the machine's choice and its ceiling."""
+        if self.budget is None:
+            return f"{self.epochs} epoch(s)"
+        return f"the epochs of {self.budget:g} notebook epochs on this machine (at most {self.epochs})"
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -116,6 +125,16 @@ class TrainingConfig:
         if self.recipe is not None and self.augment:
             out.append(("augment", "the recipe augments on its own (recipe.flip, recipe.translate); "
                         "remove training.augment or training.recipe"))
+        if self.budget is not None:
+            if isinstance(self.budget, bool) or not 0 < self.budget < 1e6:
+                out.append(("budget", f"must be a number of notebook epochs > 0, got {self.budget!r}"))
+            elif self.recipe is None:
+                out.append(("budget", "chooses a recipe's epochs (its schedule is laid over them); the "
+                            "notebook's recipe trains `epochs` as given: add training.recipe or remove "
+                            "training.budget"))
+            elif self.strategy == "multi_worker":
+                out.append(("budget", "each worker would time its own machine and could choose other "
+                            "epochs; set training.epochs and no budget for multi-worker training"))
         if self.recipe is not None and self.optimizer != OptimizerConfig():
             out.append(("optimizer", "is not used with training.recipe (its SGD takes recipe.learning_rate "
                         "and recipe.momentum); remove training.optimizer or training.recipe"))

@@ -20,7 +20,7 @@ from tasks.core.holdout import TEST, Holdout
 from tasks.core.hashing import closure_fingerprint, stable_hash, to_jsonable
 from tasks.core.logs import get_logger
 from tasks.core.records import TrainRecord, ValidationRecord
-from tasks.train import board, recipe
+from tasks.train import board, budget, recipe
 from tasks.train.config import TrainingConfig
 from tasks.train.devices import (
     allow_memory_growth,
@@ -53,9 +53,11 @@ def train_key(dataset: DatasetRecord, validation: ValidationRecord | None, model
     preprocessing, the validation split (which images train) and the code that decides the trained
     model (``training_code_version``)."""
     split = None if holdout.protocol == TEST else {"validation": holdout.size, "seed": holdout.seed}
+    # A budget's epochs depend on the machine (tasks.train.budget): its key covers the machine.
+    machine = [budget.host_facts()] if cfg.budget is not None else []
     return stable_hash("train", dataset.content or dataset.fingerprint, model, cfg,
                        {"standardize": prepare.standardize, **preprocess_stats(validation, prepare)},
-                       split, training_code_version())
+                       split, training_code_version(), *machine)
 
 
 def run_training(dataset: DatasetRecord, validation: ValidationRecord | None, model: str, cfg: TrainingConfig,
@@ -126,6 +128,9 @@ def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None
         log.warning("mixed_float16 on a CPU is slow; use mixed_bfloat16 or off there")
     stats = preprocess_stats(validation, prepare)
     work = work_dir(data_dir, key)
+    rows = rows if rows is not None else split_of(dataset, holdout)  # (train rows, validation rows)
+    with precision_policy(runtime.precision):  # a budget's epochs: chosen (or read back) before anything fits
+        cfg, budget_facts = budget.resolve(cfg, model_name, dataset, runtime, strategy, stats, rows, data_dir, work)
     # Non-chief workers back up beside, not inside, the chief's work dir (which it deletes).
     backup = work / "backup" if chief else work.with_name(f"{work.name}-{role}") / "backup"
     tracker = EpochTracker(work / "history.json" if chief else None, cfg.epochs, key, persist=chief)
@@ -138,7 +143,6 @@ def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None
     log.info("training %s (%s): %d epochs, batch %d, %s on %s, %s, XLA %s", model_name, key,
              cfg.epochs, cfg.batch_size, runtime.strategy, ", ".join(devices_used), runtime.precision,
              "on" if runtime.xla else "off")
-    rows = rows if rows is not None else split_of(dataset, holdout)  # (train rows, validation rows)
     n_train, n_val = (len(r) for r in rows)
     if holdout.protocol != TEST:
         log.info("validation: %s; training on the other %d", holdout.describe(n_val), n_train)
@@ -165,6 +169,7 @@ def train_and_commit(dataset: DatasetRecord, validation: ValidationRecord | None
             "recipe": recipe.recipe_facts(cfg, n_train),
             "validation": {"protocol": holdout.protocol, "spec": holdout.size, "seed": holdout.seed,
                            "train_images": n_train, "validation_images": n_val},
+            **({"budget": budget_facts} if budget_facts else {}),
         })
     log.info("trained %s (%s): %d epochs in %.1f s -> %s", model_name, key, meta["epochs"],
              meta["seconds"], model_dir(data_dir, key))

@@ -367,3 +367,25 @@ def test_report_says_what_the_run_was_validated_on(report):
                                            "described": "5,000 held-out training images (10% per class, seed 0)"}})
     assert held == {"protocol": "held-out", "described": "5,000 held-out training images (10% per class, seed 0)",
                     "accuracy": 0.8125, "loss": 0.5, "images": 5000}
+
+
+@pytest.mark.parametrize("budget, shown", [
+    ({"epochs": 7, "most_epochs": 17, "budget_notebook_epochs": 20, "notebook_epoch_seconds": 71.25,
+      "recipe_epoch_seconds": 205.0}, True),
+    ({"epochs": "7; <script>", "most_epochs": 17}, False),  # a hand-edited file: no note, no failure
+])
+def test_a_budgeted_run_says_how_its_epochs_were_chosen(runs, tmp_path, budget, shown):
+    from tasks.report.config import ReportConfig
+    from tasks.report.rendering import render_report
+
+    run_dir = tmp_path / "art" / "notebook" / "runs" / runs["notebook"][0].name
+    shutil.copytree(runs["notebook"][0], run_dir)
+    meta = read_json(run_dir / "metadata.json")
+    meta["training"]["budget"] = budget
+    atomic_write_json(run_dir / "metadata.json", meta)
+    html = render_report(run_dir, ReportConfig(sample_images=0, confident_mistakes=0)).read_text()
+    note = re.search(r'id="budget">(.*?)</p>', html, re.S)
+    assert bool(note) == shown and "7; <script>" not in html
+    if shown:
+        text = " ".join(note.group(1).split())
+        assert "7 of at most 17, the most that fit 20 of the notebook's epochs" in text and "71.2 s" in text
