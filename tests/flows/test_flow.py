@@ -263,7 +263,7 @@ def test_a_tiny_airbench_pipeline_end_to_end(prefect_engine, tmp_path):
             dataset: {{format: cifar10-binary, source: {json.dumps(str(built.path))}, sha256: {built.sha256}}}
             prepare: {{standardize: true}}
             model: airbench
-            training: {{epochs: 1, batch_size: 32, seed: 1,
+            training: {{epochs: 1, batch_size: 32, seed: 1, budget: 50,
                         recipe: {{widths: [8, 16, 16], whiten_images: 50, validate: last}}}}
     """))
     first = cifar(pipeline="tiny-fast", config=str(cfg))
@@ -280,5 +280,11 @@ def test_a_tiny_airbench_pipeline_end_to_end(prefect_engine, tmp_path):
     html = (run / "report.html").read_text()
     assert 'id="recipe"' in html and "Learning rate per optimizer step" in html and "6 views" in html
     assert 'id="time"' in (tmp_path / "artifacts" / "index.html").read_text()
+    # training.budget (tasks/train/budget.py): this machine timed for real, the choice recorded and shown
+    chosen = meta["training"]["budget"]
+    assert chosen["epochs"] == meta["training"]["epochs"] == 1 and chosen["most_epochs"] == 1
+    cal = json.loads(Path(chosen["calibration"]).read_text())
+    assert cal["recipe"]["train_step"] > 0 and cal["notebook"]["train_step"] > 0 and cal["host"]["cores"] >= 1
+    assert 'id="budget"' in html and "1 of at most 1" in html
     again = cifar(pipeline="tiny-fast", config=str(cfg))
     assert again["run_id"] == first["run_id"] and all(s["cache_hit"] for s in again["stages"].values())

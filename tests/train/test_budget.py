@@ -1,12 +1,12 @@
 """``training.budget`` (tasks/train/budget.py): a recipe's epochs chosen on each machine so that its
 run fits the notebook's epochs there. The arithmetic and the settings are plain functions; one
-real (tiny) training times both models on this machine, chooses, and reuses its measurement."""
+real (tiny) training through the flow times both models on this machine and records its choice
+(tests/flows/test_flow.py)."""
 
 from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -150,20 +150,5 @@ def test_an_unusable_choice_starts_the_training_over(offline, caplog):
     assert "is unusable (epochs: expected a whole number within [1, 17], got 99)" in caplog.text
 
 
-# --------------------------------------------------------------------------- a real training
-def test_a_budgeted_training_times_this_machine_and_records_its_choice(tmp_path):
-    from tasks.prepare.config import PrepareConfig
-    from tasks.train.run import run_training
-    from trainfolders import make_cache
-
-    ds = make_cache(tmp_path, n_train=64, n_test=16)
-    cfg = TrainingConfig(epochs=3, batch_size=16, seed=5, budget=50, recipe=TINY)
-    rec = run_training(ds, None, "airbench", cfg, PrepareConfig(), tmp_path / "data")
-    meta = json.loads((Path(rec.path) / "train.json").read_text())
-    chosen = meta["budget"]
-    assert 1 <= chosen["epochs"] <= 3 and meta["epochs"] == meta["config"]["epochs"] == chosen["epochs"]
-    assert meta["config"]["budget"] == 50 and chosen["most_epochs"] == 3
-    cal = json.loads(Path(chosen["calibration"]).read_text())
-    assert budget.calibration_problems(cal) == [] and cal["host"] == budget.host_facts()
-    assert cal["recipe"]["train_step"] > 0 and cal["notebook"]["train_step"] > 0
-    # reused by the next training on this machine: test_a_machine_is_timed_once_and_its_choice_kept
+# A real training with a budget, this machine timed for real, the choice in train.json and the
+# report: tests/flows/test_flow.py::test_a_tiny_airbench_pipeline_end_to_end (the engine tests).
