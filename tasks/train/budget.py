@@ -71,7 +71,7 @@ def _read(path: Path) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def _positive(value: Any) -> bool:
+def _seconds(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
@@ -86,7 +86,7 @@ def calibration_problems(cal: Any) -> list[str]:
             out.append(f"{part}: missing")
             continue
         out += [f"{part}.{k}: expected seconds >= 0, got {times.get(k)!r}" for k in ("train_step", "eval_step", "trace")
-                if not _positive(times.get(k))]
+                if not _seconds(times.get(k))]
     return out
 
 
@@ -173,9 +173,9 @@ def _batch_of(dataset, rows, stats: dict[str, Any], size: int, num_classes: int)
     from tasks.core.pixels import one_hot, scale_pixels
 
     data = load_dataset(dataset.path)
-    pick = np.resize(np.asarray(rows)[: max(size, 1)], size)
-    x = scale_pixels(np.asarray(data.x_train[np.sort(pick)]), stats["mean"], stats["std"])
-    return np.asarray(x), np.asarray(one_hot(np.asarray(data.y_train[np.sort(pick)]), num_classes))
+    pick = np.sort(np.resize(np.asarray(rows)[: max(size, 1)], size))
+    x = scale_pixels(np.asarray(data.x_train[pick]), stats["mean"], stats["std"])
+    return np.asarray(x), np.asarray(one_hot(np.asarray(data.y_train[pick]), num_classes))
 
 
 def calibrate(model_name: str, dataset, cfg: TrainingConfig, runtime, strategy, stats: dict[str, Any],
